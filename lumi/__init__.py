@@ -1,0 +1,39 @@
+"""lumi: a Llama-family inference engine in NumPy, and a benchmark harness for it.
+
+    >>> import lumi
+    >>> model = lumi.load_model("synthetic:stories15M")
+    >>> result = lumi.generate(model, [1], max_new_tokens=16).run()
+    >>> result.generated_ids
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+import os
+
+from .config import PRESETS, ModelConfig
+from .errors import CheckpointError, LumiError, UsageError
+from .formats import load_checkpoint
+from .generate import Generation, generate
+from .model import Model
+from .sampler import SamplingParams
+
+
+def load_model(spec: str | os.PathLike, *, max_seq_len: int | None = None) -> Model:
+    """A ready model from a checkpoint path or ``synthetic:PRESET[?seed=N]``.
+
+    ``max_seq_len`` caps the context (and so the KV cache) below the model's own.
+    """
+    config, weights = load_checkpoint(spec)
+    if max_seq_len is not None and not 0 < max_seq_len <= config.max_seq_len:
+        raise UsageError("--max-seq-len", f"must be in 1..{config.max_seq_len} (the model's context), got {max_seq_len}")
+    model = Model(config, weights, max_seq_len=max_seq_len)
+    model.source = os.fspath(spec)
+    return model
+
+
+__all__ = [
+    "PRESETS", "CheckpointError", "Generation", "LumiError", "Model", "ModelConfig", "SamplingParams",
+    "UsageError", "__version__", "generate", "load_checkpoint", "load_model",
+]

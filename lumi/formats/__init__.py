@@ -1,0 +1,27 @@
+"""Checkpoint readers. Each returns ``(ModelConfig, weights)`` with weights keyed
+by the canonical names of ``ModelConfig.tensor_shapes()``, (out, in) row order;
+format quirks (row permutations, reversed dims, negative vocab sizes) stay in
+the reader."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import CheckpointError
+from .llama2c import is_llama2c, read_llama2c
+from .synthetic import is_synthetic, load_synthetic
+
+
+def load_checkpoint(spec: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """Read a model: a llama2.c ``.bin`` file or ``synthetic:PRESET[?seed=N]``."""
+    spec = os.fspath(spec)
+    if is_synthetic(spec):
+        return load_synthetic(spec)
+    if not os.path.exists(spec):
+        raise CheckpointError(spec, None, "no such file")
+    if is_llama2c(spec):
+        return read_llama2c(spec)
+    raise CheckpointError(spec, None, "unknown model format (expected a llama2.c .bin file or synthetic:PRESET)")

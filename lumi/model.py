@@ -1,0 +1,255 @@
+"""The Llama forward pass: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Functions over float32 arrays, plus one thin ``Model`` holding the config, the
+weights in the layout the products want, and the KV cache. The array module
+``xp`` (numpy here; cupy later) is passed explicitly, never swapped globally.
+
+Shapes: T tokens in this call, L = start_pos + T live positions, d = dim,
+H / Hkv query / key-value heads, hd = head_dim, g = H // Hkv, V = vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import LumiError
+from .kvcache import KVCache
+
+F32 = np.float32
+NEG_INF = np.float32(-np.inf)
+
+
+# ----------------------------------------------------------------------------
+# the building blocks
+
+
+def linear(x, w):
+    """x (T, in) @ w.T -> (T, out), w stored (out, in) C-contiguous.
+
+    Rows of ``w`` are the dot products the product streams through; BLAS takes
+    the transposed view as a flag, with no copy. A weight that is not
+    C-contiguous here (a transposed view of an (in, out) array, the seed's 7x
+    slowdown) is a bug, and the layout test catches it.
+    """
+    return x @ w.T
+
+
+def rmsnorm(x, w, eps, xp):
+    """x (T, d) * w (d,) / rms(x). [Zhang & Sennrich 2019, eq. 4]"""
+    ms = xp.mean(x * x, axis=-1, keepdims=True)  # (T, 1)
+    return x * (1 / xp.sqrt(ms + eps)) * w
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float, xp):
+    """cos and sin of pos * theta^(-2i/hd), each (max_seq_len, hd/2), float32. [RoFormer, eq. 15]"""
+    inv_freq = F32(theta) ** -(xp.arange(0, head_dim, 2, dtype=F32) / F32(head_dim))  # (hd/2,)
+    angles = xp.arange(max_seq_len, dtype=F32)[:, None] * inv_freq[None, :]  # (S, hd/2)
+    return xp.cos(angles), xp.sin(angles)
+
+
+def apply_rope(x, cos, sin, layout: str):
+    """Rotate x (T, heads, hd) in place by the angles in cos, sin (T, hd/2).
+
+    "interleaved" pairs (x[2i], x[2i+1]) (Meta, llama2.c); "half" pairs
+    (x[i], x[i + hd/2]) (Hugging Face's rotate_half). Same rotation, different
+    order of the head's features.
+    """
+    T, n, hd = x.shape
+    if layout == "interleaved":
+        pairs = x.reshape(T, n, hd // 2, 2)
+        x1, x2 = pairs[..., 0], pairs[..., 1]  # (T, n, hd/2) views
+    else:
+        pairs = x.reshape(T, n, 2, hd // 2)
+        x1, x2 = pairs[..., 0, :], pairs[..., 1, :]
+    c, s = cos[:, None, :], sin[:, None, :]  # (T, 1, hd/2)
+    r1 = x1 * c - x2 * s
+    r2 = x2 * c + x1 * s
+    x1[...] = r1
+    x2[...] = r2
+
+
+def softmax(x, xp):
+    """Softmax over the last axis, in place."""
+    x -= x.max(axis=-1, keepdims=True)
+    xp.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
+
+
+def attention(q, k, v, start_pos: int, xp):
+    """Causal grouped-query attention.
+
+    q (T, H, hd) at positions start_pos.., k and v (Hkv, L, hd) the live cache.
+    Query head h reads kv head h // g. Returns (T, H * hd).
+    """
+    T, H, hd = q.shape
+    n_kv, L, _ = k.shape
+    g = H // n_kv
+    q = q.reshape(T, n_kv, g, hd).transpose(1, 2, 0, 3).reshape(n_kv, g * T, hd)  # (Hkv, g*T, hd)
+    scores = q @ k.transpose(0, 2, 1)  # (Hkv, g*T, L)
+    scores *= F32(1 / np.sqrt(hd))
+    if T > 1:  # query t sits at start_pos + t and sees keys 0 .. start_pos + t
+        scores = scores.reshape(n_kv, g, T, L)
+        allowed = xp.arange(L, dtype=np.int32)[None, :] <= xp.arange(start_pos, start_pos + T, dtype=np.int32)[:, None]
+        scores = xp.where(allowed, scores, NEG_INF).reshape(n_kv, g * T, L)  # (T, L) mask broadcast
+    out = softmax(scores, xp) @ v  # (Hkv, g*T, hd)
+    return out.reshape(n_kv, g, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd)
+
+
+def swiglu(x, w13, w2, hidden_dim: int, xp):
+    """w2 (silu(x w1) * (x w3)), with gate w1 and up w3 fused as w13 (2h, d). [arxiv 2002.05202, eq. 6]"""
+    gu = linear(x, w13)  # (T, 2h)
+    gate, up = gu[:, :hidden_dim], gu[:, hidden_dim:]
+    # silu(z) = z * sigmoid(z), sigmoid(z) = (1 + tanh(z/2)) / 2: no exp overflow
+    act = gate * (1 + xp.tanh(gate * F32(0.5))) * F32(0.5) * up
+    return linear(act, w2)
+
+
+# ----------------------------------------------------------------------------
+# the model
+
+
+@dataclass
+class Layer:
+    """One transformer block's weights, each in the layout its product wants."""
+
+    attention_norm: object  # (d,)
+    wqkv: object  # (d + 2 kv_dim, d): wq, wk, wv stacked, one product per token
+    bqkv: object | None  # (d + 2 kv_dim,) or None
+    wo: object  # (d, d)
+    ffn_norm: object  # (d,)
+    w13: object  # (2h, d): gate w1 and up w3 stacked
+    w2: object  # (d, h)
+
+
+def _contiguous(xp, *arrays):
+    """One C-contiguous float32 array on xp's device (rows stacked when several)."""
+    parts = [np.ascontiguousarray(a, dtype=F32) for a in arrays]
+    host = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    return xp.asarray(host)
+
+
+class Model:
+    """Config, weights and KV cache; ``forward`` runs T tokens from ``start_pos``.
+
+    ``weights`` maps the canonical names of ``ModelConfig.tensor_shapes()`` to
+    arrays (memory maps are fine: weights used as stored are not copied).
+    """
+
+    def __init__(self, config: ModelConfig, weights: dict, *, max_seq_len: int | None = None, xp=np):
+        if max_seq_len is None:
+            max_seq_len = config.max_seq_len
+        if not 0 < max_seq_len <= config.max_seq_len:
+            raise LumiError(f"max_seq_len must be in 1..{config.max_seq_len} (the model's context), got {max_seq_len}")
+        expected = config.tensor_shapes()
+        missing = sorted(set(expected) - set(weights))
+        if missing:
+            raise LumiError(f"weights missing: {', '.join(missing[:5])}")
+        for name, shape in expected.items():
+            if tuple(weights[name].shape) != shape:
+                raise LumiError(f"weight {name} has shape {tuple(weights[name].shape)}, config needs {shape}")
+        self.config = config
+        self.max_seq_len = max_seq_len
+        self.xp = xp
+        c, w = config, weights
+        self.tok_embeddings = _contiguous(xp, w["tok_embeddings"])  # (V, d)
+        self.layers = []
+        for i in range(c.n_layers):
+            p = f"layers.{i}."
+            bias = None
+            if c.attention_bias:
+                bias = _contiguous(xp, w[p + "attention.bq"], w[p + "attention.bk"], w[p + "attention.bv"])
+            self.layers.append(
+                Layer(
+                    attention_norm=_contiguous(xp, w[p + "attention_norm"]),
+                    wqkv=_contiguous(xp, w[p + "attention.wq"], w[p + "attention.wk"], w[p + "attention.wv"]),
+                    bqkv=bias,
+                    wo=_contiguous(xp, w[p + "attention.wo"]),
+                    ffn_norm=_contiguous(xp, w[p + "ffn_norm"]),
+                    w13=_contiguous(xp, w[p + "feed_forward.w1"], w[p + "feed_forward.w3"]),
+                    w2=_contiguous(xp, w[p + "feed_forward.w2"]),
+                )
+            )
+        self.norm = _contiguous(xp, w["norm"])  # (d,)
+        self.output = self.tok_embeddings if c.tie_embeddings else _contiguous(xp, w["output"])  # (V, d)
+        self.eps = F32(c.norm_eps)
+        self.cos, self.sin = rope_tables(c.head_dim, max_seq_len, c.rope_theta, xp)
+        self.reset()
+
+    def reset(self):
+        """Forget the context: a fresh, empty KV cache."""
+        c = self.config
+        self.cache = KVCache(c.n_layers, c.n_kv_heads, self.max_seq_len, c.head_dim, [self.xp] * c.n_layers)
+
+    def weight_arrays(self) -> dict[str, object]:
+        """Every weight the products read, by name (shared arrays listed once)."""
+        arrays = {"tok_embeddings": self.tok_embeddings, "norm": self.norm}
+        if self.output is not self.tok_embeddings:
+            arrays["output"] = self.output
+        for i, layer in enumerate(self.layers):
+            for field, a in vars(layer).items():
+                if a is not None:
+                    arrays[f"layers.{i}.{field}"] = a
+        return arrays
+
+    def weight_bytes(self) -> int:
+        return sum(a.nbytes for a in self.weight_arrays().values())
+
+    # -- entry points --------------------------------------------------------
+
+    def forward(self, tokens, start_pos: int):
+        """Logits (T, V) float32 for every position of tokens (T,) placed at start_pos.."""
+        x = self._hidden(tokens, start_pos)
+        return linear(x, self.output)
+
+    def prefill(self, tokens, start_pos: int = 0):
+        """Run a prompt at once (matrix-matrix products); logits (V,) of its last position only."""
+        x = self._hidden(tokens, start_pos)
+        return linear(x[-1:], self.output)[0]
+
+    def decode(self, token: int, pos: int):
+        """One token at ``pos``; its logits (V,)."""
+        return self.prefill(np.array([token], dtype=np.int32), pos)
+
+    # -- the transformer -----------------------------------------------------
+
+    def _check(self, tokens, start_pos: int):
+        T = len(tokens)
+        if T == 0:
+            raise LumiError("no tokens to run")
+        if start_pos < 0 or start_pos + T > self.max_seq_len:
+            raise LumiError(
+                f"positions {start_pos}..{start_pos + T - 1} exceed the context of {self.max_seq_len} tokens"
+            )
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise LumiError(f"token id {bad} is out of range for a vocabulary of {self.config.vocab_size}")
+
+    def _hidden(self, tokens, start_pos: int):
+        """Final-normed hidden states (T, d) for tokens at start_pos.."""
+        tokens = np.asarray(tokens)
+        self._check(tokens, start_pos)
+        c, xp = self.config, self.xp
+        T, H, Hkv, hd = len(tokens), c.n_heads, c.n_kv_heads, c.head_dim
+        cos = self.cos[start_pos : start_pos + T]  # (T, hd/2)
+        sin = self.sin[start_pos : start_pos + T]
+        x = self.tok_embeddings[xp.asarray(tokens)]  # (T, d), a copy we own
+        for i, layer in enumerate(self.layers):
+            h = rmsnorm(x, layer.attention_norm, self.eps, xp)
+            qkv = linear(h, layer.wqkv)  # (T, d + 2 kv_dim)
+            if layer.bqkv is not None:
+                qkv += layer.bqkv
+            q = qkv[:, : H * hd].reshape(T, H, hd)
+            k = qkv[:, H * hd : (H + Hkv) * hd].reshape(T, Hkv, hd)
+            v = qkv[:, (H + Hkv) * hd :].reshape(T, Hkv, hd)
+            apply_rope(q, cos, sin, c.rope_layout)
+            apply_rope(k, cos, sin, c.rope_layout)
+            keys, values = self.cache.update(i, start_pos, k, v)  # (Hkv, L, hd)
+            x += linear(attention(q, keys, values, start_pos, xp), layer.wo)
+            h = rmsnorm(x, layer.ffn_norm, self.eps, xp)
+            x += swiglu(h, layer.w13, layer.w2, c.hidden_dim, xp)
+        return rmsnorm(x, self.norm, self.eps, xp)
