@@ -10,6 +10,7 @@ H / Hkv query / key-value heads, hd = head_dim, g = H // Hkv, V = vocab.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +91,7 @@ def attention(q, k, v, start_pos: int, xp):
     g = H // n_kv
     q = q.reshape(T, n_kv, g, hd).transpose(1, 2, 0, 3).reshape(n_kv, g * T, hd)  # (Hkv, g*T, hd)
     scores = q @ k.transpose(0, 2, 1)  # (Hkv, g*T, L)
-    scores *= F32(1 / np.sqrt(hd))
+    scores *= F32(1 / math.sqrt(hd))
     if T > 1:  # query t sits at start_pos + t and sees keys 0 .. start_pos + t
         scores = scores.reshape(n_kv, g, T, L)
         allowed = xp.arange(L, dtype=np.int32)[None, :] <= xp.arange(start_pos, start_pos + T, dtype=np.int32)[:, None]
@@ -125,10 +126,33 @@ class Layer:
     w2: object  # (d, h)
 
 
+# Weights whose rows the model stacks into one product (q, k, v; gate, up). A
+# reader that already holds them adjacent in one buffer saves the copy.
+STACKED_ROWS = (("attention.wq", "attention.wk", "attention.wv"), ("feed_forward.w1", "feed_forward.w3"))
+
+
+def _adjacent_rows(parts):
+    """The parts as one (sum rows, cols) view when they lie back to back in one buffer, else None."""
+    base = parts[0].base
+    if base is None or any(p.base is not base or not p.flags.c_contiguous or p.dtype != F32 for p in parts):
+        return None
+    start = parts[0].__array_interface__["data"][0]
+    address = start
+    for p in parts:
+        if p.__array_interface__["data"][0] != address:
+            return None
+        address += p.nbytes
+    offset = start - np.asarray(base).__array_interface__["data"][0]
+    rows = sum(p.shape[0] for p in parts)
+    return np.ndarray((rows, parts[0].shape[1]), dtype=F32, buffer=base, offset=offset)
+
+
 def _contiguous(xp, *arrays):
     """One C-contiguous float32 array on xp's device (rows stacked when several)."""
     parts = [np.ascontiguousarray(a, dtype=F32) for a in arrays]
-    host = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    host = parts[0] if len(parts) == 1 else _adjacent_rows(parts)
+    if host is None:
+        host = np.concatenate(parts, axis=0)
     return xp.asarray(host)
 
 
@@ -165,11 +189,11 @@ class Model:
             self.layers.append(
                 Layer(
                     attention_norm=_contiguous(xp, w[p + "attention_norm"]),
-                    wqkv=_contiguous(xp, w[p + "attention.wq"], w[p + "attention.wk"], w[p + "attention.wv"]),
+                    wqkv=_contiguous(xp, *(w[p + n] for n in STACKED_ROWS[0])),
                     bqkv=bias,
                     wo=_contiguous(xp, w[p + "attention.wo"]),
                     ffn_norm=_contiguous(xp, w[p + "ffn_norm"]),
-                    w13=_contiguous(xp, w[p + "feed_forward.w1"], w[p + "feed_forward.w3"]),
+                    w13=_contiguous(xp, *(w[p + n] for n in STACKED_ROWS[1])),
                     w2=_contiguous(xp, w[p + "feed_forward.w2"]),
                 )
             )

@@ -12,16 +12,22 @@ two correct code paths would disagree on ids for no reason.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl
 
 import numpy as np
 
 from ..config import PRESETS, ModelConfig
 from ..errors import UsageError
+from ..model import STACKED_ROWS
 
 PREFIX = "synthetic:"
 LOGIT_STD = 8.0  # spread of the logits; sets the greedy top-1/top-2 margins
-EMBED_STD = 0.5  # token embeddings: below the residual branches, so the next token is not just the current one
+# Norm of a token's embedding relative to sqrt(dim). Kept small: the first norm
+# rescales it anyway, and with a tied classifier a large one makes each token
+# predict itself forever.
+EMBED_RMS = 0.5
 
 
 def is_synthetic(spec: str) -> bool:
@@ -58,27 +64,53 @@ def _std(config: ModelConfig, name: str) -> float:
     if kind in ("bq", "bk", "bv"):
         return 0.1
     if kind == "tok_embeddings":
-        return EMBED_STD
+        return EMBED_RMS / math.sqrt(d)
     if kind == "output":
         return LOGIT_STD / math.sqrt(d)
     raise KeyError(name)
 
 
+def _fill(job) -> None:
+    """Draw one tensor: uniform with the given std, from its own generator."""
+    seed, index, out, std = job
+    rng = np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, index])))
+    rng.random(dtype=np.float32, out=out)  # U[0, 1)
+    out -= np.float32(0.5)
+    out *= np.float32(math.sqrt(12) * std)  # U[-s sqrt3, s sqrt3] has std s
+
+
 def synthetic_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights for ``config`` drawn from uniform distributions, reproducible from ``seed``."""
+    """Weights for ``config`` drawn from uniform distributions, reproducible from ``seed``.
+
+    Tensors the model stacks (q/k/v, gate/up) are drawn into one buffer per
+    layer so the model takes them without a copy; tensors are drawn in parallel,
+    each from its own generator, so the result does not depend on the schedule.
+    """
+    shapes = config.tensor_shapes()
+    index = {name: i for i, name in enumerate(shapes)}
     weights: dict[str, np.ndarray] = {}
-    for index, (name, shape) in enumerate(config.tensor_shapes().items()):
+    jobs = []
+    for name, shape in shapes.items():
+        if name in weights:
+            continue
         if name.endswith("norm"):
             a = np.ones(shape, dtype=np.float32)
             if name == "norm" and config.tie_embeddings:  # logits = norm(x) . embedding rows
-                a *= np.float32(LOGIT_STD / (EMBED_STD * math.sqrt(config.dim)))
-        else:
-            rng = np.random.default_rng([seed, index])
-            a = rng.random(shape, dtype=np.float32)  # U[0, 1)
-            a -= np.float32(0.5)
-            a *= np.float32(math.sqrt(12) * _std(config, name))  # U[-s sqrt3, s sqrt3] has std s
-        weights[name] = a
-    return weights
+                a *= np.float32(LOGIT_STD / EMBED_RMS)
+            weights[name] = a
+            continue
+        prefix, _, suffix = name.rpartition("layers.")[2].partition(".") if name.startswith("layers.") else ("", "", name)
+        group = next((g for g in STACKED_ROWS if suffix in g), (suffix,))
+        names = [f"layers.{prefix}.{n}" if prefix else n for n in group]
+        rows = [shapes[n][0] for n in names]
+        buffer = np.empty((sum(rows), *shape[1:]), dtype=np.float32)
+        for n, a in zip(names, np.split(buffer, np.cumsum(rows)[:-1])):
+            weights[n] = a
+            jobs.append((seed, index[n], a, _std(config, n)))
+    jobs.sort(key=lambda job: -job[2].size)  # largest first keeps the workers evenly loaded
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(_fill, jobs))  # numpy's generators release the GIL
+    return {name: weights[name] for name in shapes}
 
 
 def load_synthetic(spec: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:

@@ -1,0 +1,148 @@
+"""The ``lumi`` command line.
+
+    lumi generate MODEL (--prompt TEXT | --prompt-file PATH|- | --prompt-ids 1,2,3) [-n N] ...
+
+Errors a user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import LumiError, UsageError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line on stderr and exit status 2."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate text (or token ids) from a prompt",
+                       description="Generate from a llama2.c .bin checkpoint or synthetic:PRESET[?seed=N].")
+    p.add_argument("model", metavar="MODEL", help="checkpoint path, or synthetic:PRESET[?seed=N] (no download)")
+    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.model (sentencepiece) or tokenizer.bin (llama2.c); "
+                   "default: one beside the checkpoint whose vocabulary matches")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", metavar="TEXT", help="prompt text (needs a tokenizer); BOS is prepended")
+    src.add_argument("--prompt-file", metavar="PATH", help="read the prompt text from a file, or - for stdin")
+    src.add_argument("--prompt-ids", metavar="IDS", help="comma-separated token ids, used as given (e.g. 1 for BOS)")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=256, metavar="N", help="tokens to generate (default 256)")
+    p.add_argument("--max-seq-len", type=int, metavar="N", help="cap the context (and the KV cache) below the model's")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default 1: off)")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely tokens (default 0: off)")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="seed of the sampler's random generator")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(run=_run_generate)
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise UsageError("--prompt-ids", f"expected comma-separated integers, got {text!r}") from None
+
+
+def _resolve_tokenizer(args, model):
+    """The tokenizer to use, or None (ids only); warnings go to stderr."""
+    from .tokenizer import check_vocab, find_tokenizer, load_tokenizer
+
+    vocab = model.config.vocab_size
+    if args.tokenizer:
+        tok = load_tokenizer(args.tokenizer)
+        check_vocab(tok, vocab)
+        return tok
+    if args.model.startswith("synthetic:"):
+        return None
+    tok, warning = find_tokenizer(args.model, vocab)
+    if warning:
+        print(f"lumi: warning: {warning}", file=sys.stderr)
+    return tok
+
+
+def _prompt_ids(args, tokenizer) -> list[int]:
+    if args.prompt_ids is not None:
+        return _parse_ids(args.prompt_ids)
+    option = "--prompt" if args.prompt is not None else "--prompt-file"
+    if tokenizer is None:
+        why = "synthetic models have no tokenizer" if args.model.startswith("synthetic:") else \
+            "no tokenizer matching the model's vocabulary was found beside it"
+        raise UsageError(option, f"text needs a tokenizer: {why}; pass --tokenizer PATH, or give --prompt-ids")
+    if args.prompt is not None:
+        text = args.prompt
+    elif args.prompt_file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError("--prompt-file", f"{args.prompt_file}: {e.strerror if isinstance(e, OSError) else e}") from None
+    return tokenizer.encode(text, bos=True)
+
+
+def _run_generate(args) -> int:
+    from . import load_model
+    from .generate import generate
+    from .sampler import SamplingParams
+
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    model = load_model(args.model, max_seq_len=args.max_seq_len)
+    tokenizer = _resolve_tokenizer(args, model)
+    gen = generate(model, _prompt_ids(args, tokenizer), args.max_new_tokens, sampling=sampling,
+                   seed=args.seed, ignore_eos=args.ignore_eos)
+    out = sys.stdout
+    stream = tokenizer.stream() if tokenizer is not None else None
+    interrupted = False
+    try:
+        for i, token in enumerate(gen):
+            if args.json:
+                continue
+            piece = stream.push(token) if stream else f"{' ' if i else ''}{token}"
+            out.write(piece)
+            out.flush()
+    except KeyboardInterrupt:
+        interrupted = True
+    if args.json:
+        result = {"prompt_ids": gen.prompt_ids, "generated_ids": gen.generated_ids}
+        if tokenizer is not None:
+            result["text"] = tokenizer.decode(gen.generated_ids)
+        result["finish_reason"] = "interrupted" if interrupted else gen.finish_reason
+        result["stats"] = gen.stats.as_dict()
+        out.write(json.dumps(result) + "\n")
+    else:
+        out.write((stream.flush() if stream else "") + "\n")
+        print(("interrupted: " if interrupted else "") + gen.stats.summary(), file=sys.stderr)
+    out.flush()
+    return EXIT_INTERRUPTED if interrupted else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lumi", description="A Llama-family inference engine in NumPy, and its benchmark harness.")
+    parser.add_argument("--version", action="version", version=f"lumi {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_generate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except LumiError as e:
+        print(f"lumi: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `lumi generate ... | head`
+        return 0

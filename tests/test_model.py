@@ -1,0 +1,157 @@
+"""The forward pass: cache parity, weight layout, float32 only, RoPE layouts, biases."""
+
+import numpy as np
+import pytest
+from float64_guard import GUARD, Float64Error, GuardedArray
+from helpers import greedy, synthetic_model
+
+import lumi
+import lumi.model
+from lumi.config import PRESETS
+from lumi.formats.llama2c import write_llama2c
+from lumi.formats.synthetic import synthetic_weights
+from lumi.model import Model
+
+TOL = 5e-4
+
+
+@pytest.fixture(scope="module")
+def stories15m_file(tmp_path_factory):
+    """A synthetic stories15M-shaped checkpoint written to disk in llama2.c v0 format."""
+    path = tmp_path_factory.mktemp("ckpt") / "stories15M.bin"
+    config = PRESETS["stories15M"]
+    write_llama2c(path, config, synthetic_weights(config, seed=7))
+    return path
+
+
+def test_prefill_then_decode_equals_token_by_token(stories15m_file, record_property):
+    model = lumi.load_model(stories15m_file)
+    prompt = [1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 17366]
+    ids_a, logits_a, margin_a = greedy(model, prompt, 64, prefill=True)
+    ids_b, logits_b, margin_b = greedy(model, prompt, 64, prefill=False)
+    margin = min(margin_a, margin_b)
+    record_property("min_top1_top2_margin", margin)
+    print(f"smallest top-1/top-2 logit margin over 64 greedy tokens: {margin:.4f}")
+    assert ids_a == ids_b
+    assert np.abs(logits_a - logits_b).max() < TOL
+    assert margin > 1e-2, "synthetic logits too flat: greedy comparisons would flip on float32 noise"
+    assert len(set(ids_a)) > 3, "a degenerate synthetic model repeating one token proves little"
+
+
+def test_synthetic_margins_are_decisive_for_every_small_preset():
+    for preset in ("stories260K", "stories15M"):
+        _, logits, margin = greedy(synthetic_model(preset), [1], 64)
+        assert np.isfinite(logits).all()
+        assert margin > 1e-2, preset
+
+
+def test_synthetic_is_deterministic():
+    a, b = synthetic_weights(PRESETS["stories260K"], 3), synthetic_weights(PRESETS["stories260K"], 3)
+    c = synthetic_weights(PRESETS["stories260K"], 4)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["layers.0.attention.wq"], c["layers.0.attention.wq"])
+
+
+def test_every_product_weight_is_c_contiguous_in_the_layout_the_product_wants(monkeypatch):
+    model = synthetic_model("stories260K", tie_embeddings=False)
+    seen = {}
+    real = lumi.model.linear
+
+    def checked(x, w):
+        assert w.ndim == 2 and w.flags.c_contiguous, f"weight {w.shape} is not a C-contiguous (out, in) matrix"
+        assert w.shape[1] == x.shape[-1], f"weight {w.shape} is not (out, in) for input {x.shape}"
+        seen[id(w)] = w
+        return real(x, w)
+
+    monkeypatch.setattr(lumi.model, "linear", checked)
+    model.prefill(np.array([1, 5, 9], dtype=np.int32), 0)
+    model.decode(7, 3)
+    matrices = {name: a for name, a in model.weight_arrays().items() if a.ndim == 2 and name != "tok_embeddings"}
+    unused = [name for name, a in matrices.items() if id(a) not in seen]
+    assert not unused, f"weights never reached linear(): {unused}"
+    for name, a in model.weight_arrays().items():
+        assert a.flags.c_contiguous and a.dtype == np.float32, name
+
+
+def test_no_float64_anywhere_in_prefill_and_decode():
+    """The whole model runs on the guarded array module; any float64 input or result raises."""
+    for preset, changes in (("stories260K", {}), ("stories260K", dict(rope_layout="half", attention_bias=True,
+                                                                        tie_embeddings=False))):
+        config = PRESETS[preset].replace(**changes)
+        model = Model(config, synthetic_weights(config), xp=GUARD)
+        assert isinstance(model.layers[0].wqkv, GuardedArray) and isinstance(model.cos, GuardedArray)
+        before = GuardedArray.checks
+        logits = model.forward(np.array([1, 2, 3, 4], dtype=np.int32), 0)
+        logits = model.decode(5, 4)
+        assert logits.dtype == np.float32
+        assert GuardedArray.checks - before > 100, "the guard saw too few operations to prove anything"
+
+
+def test_the_guard_catches_float64():
+    x = GUARD.ones(3, dtype=np.float32)
+    with pytest.raises(Float64Error):
+        x * np.arange(3)  # int64 times float32 promotes to float64
+    with pytest.raises(Float64Error):
+        x + np.float64(1)  # a NumPy float64 scalar is not weak
+    with pytest.raises(Float64Error):
+        GUARD.arange(4.0)  # a float64 table
+    with pytest.raises(Float64Error):
+        GUARD.sqrt(GUARD.asarray(np.array([4], dtype=np.int64)))
+    assert (x * 2.0).dtype == np.float32  # Python scalars are weak: fine
+
+
+def _interleaved_to_half(w, n_heads):
+    """Reorder each head's rows from interleaved pairs to rotate-half order (what HF's converter does)."""
+    out_dim, in_dim = w.shape
+    return w.reshape(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(0, 2, 1, 3).reshape(out_dim, in_dim)
+
+
+def test_rope_layouts_agree_once_q_k_rows_are_permuted():
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config, seed=1)
+    half = dict(weights)
+    for i in range(config.n_layers):
+        half[f"layers.{i}.attention.wq"] = _interleaved_to_half(weights[f"layers.{i}.attention.wq"], config.n_heads)
+        half[f"layers.{i}.attention.wk"] = _interleaved_to_half(weights[f"layers.{i}.attention.wk"], config.n_kv_heads)
+    tokens = np.array([1, 40, 80, 120, 160, 200, 240, 280], dtype=np.int32)
+    a = Model(config, weights).forward(tokens, 0)
+    b = Model(config.replace(rope_layout="half"), half).forward(tokens, 0)
+    assert np.abs(a - b).max() < 1e-4
+    c = Model(config.replace(rope_layout="half"), weights).forward(tokens, 0)
+    assert np.abs(a - c).max() > 1e-2  # the layout really matters
+
+
+def test_attention_bias_is_applied():
+    config = PRESETS["stories260K"].replace(attention_bias=True)
+    weights = synthetic_weights(config)
+    tokens = np.array([1, 7, 9], dtype=np.int32)
+    zero = {k: (np.zeros_like(v) if k.rsplit(".", 1)[-1] in ("bq", "bk", "bv") else v) for k, v in weights.items()}
+    plain = Model(PRESETS["stories260K"], {k: v for k, v in weights.items() if "attention.b" not in k})
+    assert np.abs(Model(config, zero).forward(tokens, 0) - plain.forward(tokens, 0)).max() < 1e-5
+    assert np.abs(Model(config, weights).forward(tokens, 0) - plain.forward(tokens, 0)).max() > 1e-2
+
+
+def test_gqa_equals_repeated_kv_heads():
+    """Grouped-query attention equals full attention with each kv head's weights repeated."""
+    config = PRESETS["stories260K"]  # 8 heads, 4 kv heads
+    weights = synthetic_weights(config, seed=2)
+    full = dict(weights)
+    hd, g = config.head_dim, config.n_heads // config.n_kv_heads
+    for i in range(config.n_layers):
+        for kind in ("wk", "wv"):
+            w = weights[f"layers.{i}.attention.{kind}"].reshape(config.n_kv_heads, hd, config.dim)
+            full[f"layers.{i}.attention.{kind}"] = np.repeat(w, g, axis=0).reshape(config.dim, config.dim)
+    tokens = np.array([1, 3, 5, 7, 11], dtype=np.int32)
+    a = Model(config, weights).forward(tokens, 0)
+    b = Model(config.replace(n_kv_heads=config.n_heads), full).forward(tokens, 0)
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_context_and_token_errors():
+    model = synthetic_model("stories260K")
+    with pytest.raises(lumi.LumiError, match="out of range"):
+        model.forward(np.array([1, 512], dtype=np.int32), 0)
+    with pytest.raises(lumi.LumiError, match="exceed the context"):
+        model.forward(np.array([1, 2], dtype=np.int32), 511)
+    with pytest.raises(lumi.LumiError, match="max_seq_len"):
+        Model(model.config, synthetic_weights(model.config), max_seq_len=513)
