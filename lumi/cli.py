@@ -103,26 +103,34 @@ def _run_generate(args) -> int:
     gen = generate(model, _prompt_ids(args, tokenizer), args.max_new_tokens, sampling=sampling,
                    seed=args.seed, ignore_eos=args.ignore_eos)
     out = sys.stdout
-    stream = tokenizer.stream() if tokenizer is not None else None
+    stream = None
+    if tokenizer is not None:  # primed with the prompt, so the first new word keeps its leading space
+        stream = tokenizer.stream()
+        for token in gen.prompt_ids:
+            stream.push(token)
+        stream.flush()
+    pieces = []
     interrupted = False
     try:
         for i, token in enumerate(gen):
-            if args.json:
-                continue
             piece = stream.push(token) if stream else f"{' ' if i else ''}{token}"
-            out.write(piece)
-            out.flush()
+            pieces.append(piece)
+            if not args.json:
+                out.write(piece)
+                out.flush()
     except KeyboardInterrupt:
         interrupted = True
+    tail = stream.flush() if stream else ""
     if args.json:
         result = {"prompt_ids": gen.prompt_ids, "generated_ids": gen.generated_ids}
         if tokenizer is not None:
-            result["text"] = tokenizer.decode(gen.generated_ids)
+            result["text"] = "".join(pieces) + tail
         result["finish_reason"] = "interrupted" if interrupted else gen.finish_reason
         result["stats"] = gen.stats.as_dict()
         out.write(json.dumps(result) + "\n")
     else:
-        out.write((stream.flush() if stream else "") + "\n")
+        out.write(tail + "\n")
+        out.flush()
         print(("interrupted: " if interrupted else "") + gen.stats.summary(), file=sys.stderr)
     out.flush()
     return EXIT_INTERRUPTED if interrupted else 0
