@@ -136,12 +136,82 @@ def _run_generate(args) -> int:
     return EXIT_INTERRUPTED if interrupted else 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure configs from configs/*.yaml",
+                       description="Run benchmark configs (default: the 'default' config), each in a fresh process.")
+    p.add_argument("configs", nargs="*", metavar="CONFIG", help="a YAML file, or the name of a shipped config")
+    fmt = p.add_mutually_exclusive_group()
+    for name in ("json", "csv", "markdown"):
+        fmt.add_argument(f"--{name}", dest="format", action="store_const", const=name, help=f"print {name}")
+    p.add_argument("--output", "-o", metavar="FILE", help="write the result there (whole or not at all); "
+                   "the table still goes to stdout")
+    p.set_defaults(run=_run_bench, format="table")
+
+
+def _run_bench(args) -> int:
+    from .bench import report
+    from .bench.config import load_config, resolve
+    from .bench.env import environment, measure_bandwidth
+    from .bench.runner import check_supported, run_config
+
+    configs = [load_config(resolve(c)) for c in (args.configs or ["default"])]
+    for cfg in configs:
+        check_supported(cfg)
+    progress = _Progress()
+    doc = {"schema_version": report.SCHEMA_VERSION, "complete": False, "env": environment(), "bandwidth": {},
+           "results": []}
+    code = 0
+    try:
+        for threads in sorted({t for cfg in configs for t in cfg.threads}):
+            progress(f"measuring GEMV bandwidth with {threads} thread(s)")
+            doc["bandwidth"][str(threads)] = measure_bandwidth(threads)
+        for i, cfg in enumerate(configs, 1):
+            for result in run_config(cfg, lambda msg: progress(f"[{i}/{len(configs)}] {msg}")):
+                bandwidth = doc["bandwidth"][str(result["threads"])]["gemv_bytes_per_s"]
+                result["bandwidth_fraction"] = (
+                    result["weight_bytes_per_token"] / result["decode_s_per_token"] / bandwidth)
+                doc["results"].append(result)
+        doc["complete"] = True
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        print("lumi: interrupted: reporting the configs that finished", file=sys.stderr)
+    finally:
+        progress.done()
+    text = report.FORMATS[args.format](doc)
+    if args.output:
+        report.write_atomic(args.output, text)
+        if args.format != "table":
+            text = report.table(doc)
+    sys.stdout.write(text)
+    return code
+
+
+class _Progress:
+    """One status line on stderr: rewritten in place on a terminal, plain lines otherwise."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, message: str) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K" + message)
+        else:
+            sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lumi", description="A Llama-family inference engine in NumPy, and its benchmark harness.")
     parser.add_argument("--version", action="version", version=f"lumi {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _add_generate(sub)
+    _add_bench(sub)
     return parser
 
 

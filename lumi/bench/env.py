@@ -1,0 +1,96 @@
+"""What ran where: the environment of a benchmark run, and the machine's bandwidth."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+
+GEMV_SHAPE = (11008, 4096)  # Llama-2-7B's FFN: 180 MB of float32, far beyond any cache
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> list[dict]:
+    """The BLAS libraries NumPy loaded, with the kernel (architecture) and thread count in use."""
+    from threadpoolctl import threadpool_info
+
+    return [{k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "threading_layer")}
+            for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
+def environment() -> dict:
+    try:
+        usable_cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable_cores = os.cpu_count()
+    return {
+        "lumi_version": __version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas_info(),
+        "openblas_env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+                                                    "OMP_NUM_THREADS") if k in os.environ},
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "usable_cores": usable_cores,
+        "platform": platform.platform(),
+        "machine": platform.node(),
+        "gpu": None,  # the CuPy backend fills this in
+        "argv": sys.argv,
+    }
+
+
+def measure_bandwidth(threads: int | None, repeats: int = 15) -> dict:
+    """Weight-streaming bandwidth of one BLAS matrix-vector product, the decode step's floor.
+
+    Median over ``repeats`` products of a float32 matrix of ``GEMV_SHAPE`` by a vector,
+    after two untimed ones, with BLAS held to ``threads``.
+    """
+    from .runner import applied_threads, thread_limit
+
+    w = np.random.default_rng(0).random(GEMV_SHAPE, dtype=np.float32)
+    x = np.ones(GEMV_SHAPE[1], dtype=np.float32)
+    out = np.empty(GEMV_SHAPE[0], dtype=np.float32)
+    times = []
+    with thread_limit(threads):
+        applied = applied_threads()
+        for i in range(repeats + 2):
+            t0 = time.perf_counter()
+            np.matmul(w, x, out=out)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {"gemv_bytes_per_s": w.nbytes / median, "gemv_shape": list(GEMV_SHAPE), "threads": applied,
+            "samples_s": times}

@@ -1,0 +1,197 @@
+"""One measurement path for ``lumi bench`` and asv: ``Session`` runs a config.
+
+A repetition is one real generation through ``lumi.generate`` (greedy, EOS
+ignored) on a fixed, seeded prompt: its prefill time, its time to first
+token and its decode sec/token are the samples. ``run_config`` runs every
+point of a config in a fresh process, so the peak resident set it reports
+belongs to that config alone (the high-water mark only rises).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+
+from ..errors import LumiError
+from .config import BenchConfig, ConfigError, RunPoint, load_config
+
+SUPPORTED = {"backend": ("numpy",), "dtype": ("fp32",)}  # what this engine can run today
+PROMPT_SEED = 1234  # the benchmark prompt's ids: fixed forever, so results stay comparable across commits
+METRICS = ("prefill_s", "prefill_tokens_per_s", "ttft_s", "decode_s_per_token", "decode_tokens_per_s")
+
+
+def check_supported(cfg: BenchConfig) -> None:
+    """A config the engine cannot run yet is a clear error, not a silent fallback."""
+    for key, allowed in SUPPORTED.items():
+        value = getattr(cfg, key)
+        if value not in allowed:
+            raise ConfigError(cfg.path, key, f"{value} is not supported by this lumi yet (supported: {', '.join(allowed)})")
+
+
+def thread_limit(threads: int | None):
+    """BLAS threads held at ``threads`` for the duration (threadpoolctl), or no change."""
+    if threads is None:
+        return nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def applied_threads() -> int | None:
+    """The BLAS thread count in force right now."""
+    from threadpoolctl import threadpool_info
+
+    counts = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+def prompt_ids(n: int, vocab_size: int) -> list[int]:
+    """BOS then n - 1 seeded ids, away from the special ids at the bottom of the vocabulary."""
+    rng = np.random.default_rng(PROMPT_SEED)
+    low = min(3, vocab_size - 1)
+    return [1] + rng.integers(low, vocab_size, size=n - 1).tolist()
+
+
+def fingerprint(ids: list[int]) -> str:
+    """A short hash of the greedy ids: the answer, to check that speed did not change it."""
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+class Session:
+    """A loaded model for one config; ``repetition`` runs one timed generation."""
+
+    def __init__(self, cfg: BenchConfig):
+        from .. import load_model
+
+        check_supported(cfg)
+        self.cfg = cfg
+        context = max(p + g for p in cfg.prompt_tokens for g in cfg.gen_tokens)
+        t0 = time.perf_counter()
+        model_spec = cfg.model
+        if not model_spec.startswith("synthetic:") and not os.path.isabs(model_spec):
+            beside = os.path.join(os.path.dirname(cfg.path), model_spec)
+            model_spec = beside if os.path.exists(beside) else model_spec
+        self.model = load_model(model_spec)
+        self.load_s = time.perf_counter() - t0
+        if context > self.model.max_seq_len:
+            raise ConfigError(cfg.path, "workload", f"prompt_tokens + gen_tokens = {context} exceeds the model's "
+                                                    f"context of {self.model.max_seq_len}")
+
+    def repetition(self, point: RunPoint) -> dict:
+        from ..generate import generate
+
+        ids = prompt_ids(point.prompt_tokens, self.model.config.vocab_size)
+        t0 = time.perf_counter()
+        gen = generate(self.model, ids, point.gen_tokens, ignore_eos=True)
+        tokens = iter(gen)
+        next(tokens)
+        ttft = time.perf_counter() - t0
+        for _ in tokens:
+            pass
+        s = gen.stats
+        return {"prefill_s": s.prefill_s, "prefill_tokens_per_s": s.prefill_tokens_per_s, "ttft_s": ttft,
+                "decode_s_per_token": s.decode_s_per_token, "decode_tokens_per_s": s.decode_tokens_per_s,
+                "decode_s": s.decode_s, "ids": gen.generated_ids}
+
+
+def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
+    """Warm-up, then the timed repetitions of one point; medians plus the raw samples."""
+    cfg = session.cfg
+    samples: dict[str, list] = {m: [] for m in METRICS}
+    ids = None
+    with thread_limit(point.threads):
+        threads = applied_threads()
+        total = cfg.warmup + cfg.repetitions
+        for rep in range(total):
+            if progress:
+                progress(f"{cfg.name} {point.test} t{point.threads}: "
+                         f"{'warm-up' if rep < cfg.warmup else 'rep'} {rep + 1}/{total}")
+            r = session.repetition(point)
+            if rep < cfg.warmup:
+                continue
+            if ids is None:
+                ids = r["ids"]
+            elif r["ids"] != ids:
+                raise LumiError(f"{cfg.name}: greedy ids changed between repetitions (non-deterministic engine)")
+            for m in METRICS:
+                samples[m].append(r[m])
+    model = session.model
+    result = {
+        "config": cfg.name,
+        "test": point.test,
+        "model": cfg.model,
+        "backend": cfg.backend,
+        "dtype": cfg.dtype,
+        "threads": point.threads,
+        "threads_applied": threads,
+        "gpu_layers": point.gpu_layers,
+        "prefill_tokens": point.prompt_tokens,
+        "decode_tokens": point.gen_tokens - 1,
+    }
+    for m in METRICS:
+        result[m] = statistics.median(samples[m])
+    result["decode_s"] = result["decode_s_per_token"] * result["decode_tokens"]
+    result["load_s"] = session.load_s
+    result["weight_bytes_per_token"] = model.decode_weight_bytes()
+    result["ids_fingerprint"] = fingerprint(ids)
+    result["spread"] = {m: {"min": min(v), "max": max(v), "stdev": statistics.pstdev(v)} for m, v in samples.items()}
+    result["samples"] = samples
+    return result
+
+
+def peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def measure_config(cfg: BenchConfig, progress=None) -> list[dict]:
+    """Every point of a config, in this process (use ``run_config`` for an isolated one)."""
+    session = Session(cfg)
+    results = [measure_point(session, point, progress) for point in cfg.points()]
+    peak = peak_rss_bytes()
+    for r in results:
+        r["peak_rss_bytes"] = peak
+    return results
+
+
+def run_config(cfg: BenchConfig, progress=None) -> list[dict]:
+    """``measure_config`` in a fresh Python process; its progress lines are relayed."""
+    cmd = [sys.executable, "-m", "lumi.bench.runner", cfg.path]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        line = line.rstrip("\n")
+        if line.startswith("progress: ") and progress:
+            progress(line[len("progress: "):])
+        elif line.startswith("error: "):
+            proc.wait()
+            raise LumiError(line[len("error: "):])
+        elif line:
+            print(line, file=sys.stderr)
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise LumiError(f"{cfg.path}: the benchmark process failed with status {proc.returncode}")
+    return json.loads(out)
+
+
+def _worker(path: str) -> int:
+    try:
+        cfg = load_config(path)
+        results = measure_config(cfg, lambda msg: print("progress: " + msg, file=sys.stderr, flush=True))
+    except LumiError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    json.dump(results, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker(sys.argv[1]))
