@@ -1,0 +1,124 @@
+"""The benchmark harness: config schema errors, `lumi bench` output, whole-or-nothing files."""
+
+import json
+import os
+
+import pytest
+
+from lumi.bench.config import ConfigError, load_config, shipped_configs
+from lumi.bench.report import write_atomic
+from lumi.cli import main
+
+TINY = """\
+name: tiny
+purpose: tests
+model: "synthetic:stories260K?seed=1"
+threads: [1]
+workload: {prompt_tokens: [8, 16], gen_tokens: 6, warmup: 0, repetitions: 2}
+tolerance: 0.2
+"""
+
+
+@pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: p.stem)
+def test_every_shipped_config_is_valid_and_named_after_its_file(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem and cfg.purpose and cfg.points()
+
+
+def test_shipped_configs_cover_the_required_runs():
+    names = {p.stem for p in shipped_configs()}
+    for size in ("stories260K", "stories15M", "stories110M", "tinyllama-1.1B"):
+        assert {f"{size}-fp32", f"{size}-bf16"} <= names
+    assert {"default", "llama2-7B-bf16", "llama2-7B-fp16-gpu-all", "llama2-7B-bf16-gpu-all",
+            "llama2-7B-fp16-gpu20", "llama2-7B-bf16-gpu20"} <= names
+
+
+def test_axes_make_a_cross_product(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(TINY.replace("threads: [1]", "threads: [1, 2]"))
+    points = load_config(path).points()
+    assert [(p.prompt_tokens, p.threads) for p in points] == [(8, 1), (8, 2), (16, 1), (16, 2)]
+    assert points[0].test == "pp8+tg6"
+
+
+BAD = {
+    "unknown key": (TINY + "colour: red\n", "colour", "unknown key"),
+    "unknown workload key": (TINY.replace("warmup: 0", "warmpu: 0"), "workload.warmpu", "unknown key"),
+    "wrong type": (TINY.replace("threads: [1]", "threads: two"), "threads", "expected an integer"),
+    "negative count": (TINY.replace("repetitions: 2", "repetitions: -1"), "workload.repetitions", ">= 1"),
+    "zero tokens": (TINY.replace("gen_tokens: 6", "gen_tokens: 0"), "workload.gen_tokens", ">= 1"),
+    "missing model file": (TINY.replace('"synthetic:stories260K?seed=1"', "nowhere.bin"), "model", "no such"),
+    "bad backend": (TINY + "backend: tpu\n", "backend", "numpy, cupy"),
+    "bad dtype": (TINY + "dtype: fp8\n", "dtype", "fp32"),
+    "gpu layers on numpy": (TINY + "gpu_layers: 4\n", "gpu_layers", "numpy"),
+    "missing required": (TINY.replace("purpose: tests\n", ""), "purpose", "missing"),
+    "bad tolerance": (TINY.replace("tolerance: 0.2", "tolerance: -1"), "tolerance", "relative slowdown"),
+    "not yaml": ("name: [unclosed\n", None, "not valid YAML"),
+    "not a mapping": ("- a\n- b\n", None, "mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_configs_name_the_file_and_key(tmp_path, case, capsys):
+    text, key, expected = BAD[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and expected in message, message
+    if key:
+        assert f": {key}: " in message
+    assert main(["bench", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err
+
+
+def test_missing_config_and_unsupported_dtype(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "absent.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    path = tmp_path / "bf16.yaml"
+    path.write_text(TINY + "dtype: bf16\n")
+    assert main(["bench", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "dtype: bf16 is not supported" in err and err.count("\n") == 1
+
+
+def test_bench_json_has_the_promised_fields(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    out_file = tmp_path / "result.json"
+    assert main(["bench", str(path), "--json", "--output", str(out_file)]) == 0
+    table = capsys.readouterr().out
+    assert "pp8+tg6" in table and "pp16+tg6" in table  # the table still goes to stdout
+    doc = json.loads(out_file.read_text())
+    assert doc["schema_version"] == 1 and doc["complete"] is True
+    assert doc["env"]["lumi_version"] and doc["env"]["numpy"] and doc["env"]["cpu"]
+    assert doc["bandwidth"]["1"]["gemv_bytes_per_s"] > 0
+    assert len(doc["results"]) == 2
+    r = doc["results"][0]
+    for key in ("prefill_tokens", "prefill_s", "prefill_tokens_per_s", "decode_tokens", "decode_s",
+                "decode_s_per_token", "decode_tokens_per_s", "ttft_s", "load_s", "peak_rss_bytes",
+                "weight_bytes_per_token", "bandwidth_fraction", "samples", "ids_fingerprint"):
+        assert key in r, key
+    assert r["prefill_tokens"] == 8 and r["decode_tokens"] == 5 and r["threads_applied"] == 1
+    assert len(r["samples"]["decode_s_per_token"]) == 2
+    assert r["peak_rss_bytes"] > 10 * 2**20 and 0 < r["bandwidth_fraction"] < 100
+    assert r["ids_fingerprint"] == doc["results"][1]["ids_fingerprint"] or r["test"] != doc["results"][1]["test"]
+    for fmt in ("--csv", "--markdown"):
+        assert main(["bench", str(path), fmt]) == 0
+        text = capsys.readouterr().out
+        assert "pp8+tg6" in text
+
+
+def test_write_atomic_is_whole_or_nothing(tmp_path):
+    target = tmp_path / "result.json"
+    target.write_text("old")
+
+
+    with pytest.raises(TypeError):
+        write_atomic(target, 12345)  # fails midway, after the temporary file exists
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["result.json"]
+    write_atomic(target, "new")
+    assert target.read_text() == "new"
