@@ -222,6 +222,15 @@ class Model:
     def weight_bytes(self) -> int:
         return sum(a.nbytes for a in self.weight_arrays().values())
 
+    def decode_weight_bytes(self) -> int:
+        """Weight bytes one decode step reads: every layer, the final norm and the classifier.
+
+        Of the embedding table only one row is read (all of it when it is the tied classifier).
+        """
+        arrays = self.weight_arrays()
+        arrays.pop("tok_embeddings")
+        return sum(a.nbytes for a in arrays.values()) + self.output.nbytes * (self.output is self.tok_embeddings)
+
     # -- entry points --------------------------------------------------------
 
     def forward(self, tokens, start_pos: int):

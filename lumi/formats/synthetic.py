@@ -23,7 +23,7 @@ from ..errors import UsageError
 from ..model import STACKED_ROWS
 
 PREFIX = "synthetic:"
-LOGIT_STD = 8.0  # spread of the logits; sets the greedy top-1/top-2 margins
+LOGIT_STD = 16.0  # spread of the logits; sets the greedy top-1/top-2 margins
 # Norm of a token's embedding relative to sqrt(dim). Kept small: the first norm
 # rescales it anyway, and with a tied classifier a large one makes each token
 # predict itself forever.
