@@ -131,20 +131,27 @@ class Layer:
 STACKED_ROWS = (("attention.wq", "attention.wk", "attention.wv"), ("feed_forward.w1", "feed_forward.w3"))
 
 
+def _owner(a):
+    """The object that owns a's memory: an array with no base, or a buffer (mmap, bytes)."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
 def _adjacent_rows(parts):
-    """The parts as one (sum rows, cols) view when they lie back to back in one buffer, else None."""
-    base = parts[0].base
-    if base is None or any(p.base is not base or not p.flags.c_contiguous or p.dtype != F32 for p in parts):
+    """The parts stacked along axis 0 as one view when they lie back to back in one buffer, else None."""
+    owner = _owner(parts[0])
+    tail = parts[0].shape[1:]
+    if any(_owner(p) is not owner or not p.flags.c_contiguous or p.dtype != F32 or p.shape[1:] != tail for p in parts):
         return None
-    start = parts[0].__array_interface__["data"][0]
-    address = start
+    start = address = parts[0].ctypes.data
     for p in parts:
-        if p.__array_interface__["data"][0] != address:
+        if p.ctypes.data != address:
             return None
         address += p.nbytes
-    offset = start - np.asarray(base).__array_interface__["data"][0]
+    owner_start = (owner if isinstance(owner, np.ndarray) else np.frombuffer(owner, dtype=np.uint8)).ctypes.data
     rows = sum(p.shape[0] for p in parts)
-    return np.ndarray((rows, parts[0].shape[1]), dtype=F32, buffer=base, offset=offset)
+    return np.ndarray((rows, *tail), dtype=F32, buffer=owner, offset=start - owner_start)
 
 
 def _contiguous(xp, *arrays):

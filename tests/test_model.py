@@ -155,3 +155,20 @@ def test_context_and_token_errors():
         model.forward(np.array([1, 2], dtype=np.int32), 511)
     with pytest.raises(lumi.LumiError, match="max_seq_len"):
         Model(model.config, synthetic_weights(model.config), max_seq_len=513)
+
+
+def test_big_synthetic_shapes_are_cached_on_disk_and_memory_mapped(tmp_path, monkeypatch):
+    from lumi.formats import synthetic
+
+    monkeypatch.setenv("LUMI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(synthetic, "CACHE_MIN_BYTES", 0)  # cache even the smallest shape
+    config, first = synthetic.load_synthetic("synthetic:stories260K?seed=4")
+    files = list((tmp_path / "synthetic").iterdir())
+    assert [f.name for f in files] == [f"stories260K-seed4-{synthetic.GENERATION}.npy"]  # no temporary left
+    _, second = synthetic.load_synthetic("synthetic:stories260K?seed=4")
+    fresh = synthetic_weights(config, seed=4)
+    for name, a in fresh.items():
+        assert np.array_equal(second[name], a) and np.array_equal(first[name], a), name
+        assert not second[name].flags.writeable  # a read-only map of the cache file
+    model = Model(config, second)
+    assert np.shares_memory(model.layers[0].wqkv, second["layers.0.attention.wq"])  # stacked without a copy

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -28,6 +30,10 @@ LOGIT_STD = 16.0  # spread of the logits; sets the greedy top-1/top-2 margins
 # rescales it anyway, and with a tied classifier a large one makes each token
 # predict itself forever.
 EMBED_RMS = 0.5
+# Shapes of at least this many bytes are drawn once into an on-disk cache and memory-mapped after that.
+CACHE_MIN_BYTES = 1 << 30
+# Names the cached files: change it whenever the weights a seed gives change.
+GENERATION = f"g1-logit{LOGIT_STD:g}-embed{EMBED_RMS:g}"
 
 
 def is_synthetic(spec: str) -> bool:
@@ -79,41 +85,90 @@ def _fill(job) -> None:
     out *= np.float32(math.sqrt(12) * std)  # U[-s sqrt3, s sqrt3] has std s
 
 
-def synthetic_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights for ``config`` drawn from uniform distributions, reproducible from ``seed``.
-
-    Tensors the model stacks (q/k/v, gate/up) are drawn into one buffer per
-    layer so the model takes them without a copy; tensors are drawn in parallel,
-    each from its own generator, so the result does not depend on the schedule.
-    """
+def _carve(flat: np.ndarray, config: ModelConfig) -> dict[str, np.ndarray]:
+    """Every tensor as a view of one flat float32 buffer, stacked groups (q/k/v, gate/up) back to back."""
     shapes = config.tensor_shapes()
-    index = {name: i for i, name in enumerate(shapes)}
     weights: dict[str, np.ndarray] = {}
-    jobs = []
+    offset = 0
     for name, shape in shapes.items():
         if name in weights:
             continue
-        if name.endswith("norm"):
-            a = np.ones(shape, dtype=np.float32)
-            if name == "norm" and config.tie_embeddings:  # logits = norm(x) . embedding rows
-                a *= np.float32(LOGIT_STD / EMBED_RMS)
-            weights[name] = a
-            continue
-        prefix, _, suffix = name.rpartition("layers.")[2].partition(".") if name.startswith("layers.") else ("", "", name)
+        layer, _, suffix = name.partition(".")[2].partition(".") if name.startswith("layers.") else ("", "", name)
         group = next((g for g in STACKED_ROWS if suffix in g), (suffix,))
-        names = [f"layers.{prefix}.{n}" if prefix else n for n in group]
-        rows = [shapes[n][0] for n in names]
-        buffer = np.empty((sum(rows), *shape[1:]), dtype=np.float32)
-        for n, a in zip(names, np.split(buffer, np.cumsum(rows)[:-1])):
-            weights[n] = a
-            jobs.append((seed, index[n], a, _std(config, n)))
-    jobs.sort(key=lambda job: -job[2].size)  # largest first keeps the workers evenly loaded
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        list(pool.map(_fill, jobs))  # numpy's generators release the GIL
+        for member in (f"layers.{layer}.{n}" if layer else n for n in group):
+            member_shape = shapes[member]
+            size = math.prod(member_shape)
+            weights[member] = flat[offset : offset + size].reshape(member_shape)
+            offset += size
+    assert offset == flat.size
     return {name: weights[name] for name in shapes}
 
 
+def _draw(weights: dict[str, np.ndarray], config: ModelConfig, seed: int) -> None:
+    """Fill the tensors in place. Each has its own generator, so the schedule does not matter."""
+    jobs = []
+    for index, (name, a) in enumerate(weights.items()):
+        if name.endswith("norm"):
+            a[...] = 1
+            if name == "norm" and config.tie_embeddings:  # logits = norm(x) . embedding rows
+                a *= np.float32(LOGIT_STD / EMBED_RMS)
+        else:
+            jobs.append((seed, index, a, _std(config, name)))
+    jobs.sort(key=lambda job: -job[2].size)  # largest first keeps the workers evenly loaded
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(_fill, jobs))  # numpy's generators release the GIL
+
+
+def synthetic_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights for ``config`` drawn from uniform distributions, reproducible from ``seed``.
+
+    All tensors are views of one buffer, the stacked ones adjacent, so the model
+    takes q/k/v and gate/up without a copy.
+    """
+    weights = _carve(np.empty(config.n_params(), dtype=np.float32), config)
+    _draw(weights, config, seed)
+    return weights
+
+
+def cache_dir() -> Path:
+    """``$LUMI_CACHE_DIR``, else ``$XDG_CACHE_HOME/lumi``, else ``~/.cache/lumi``."""
+    if os.environ.get("LUMI_CACHE_DIR"):
+        return Path(os.environ["LUMI_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lumi"
+
+
+def _cached_weights(config: ModelConfig, preset: str, seed: int) -> dict[str, np.ndarray] | None:
+    """Weights memory-mapped from the cache, drawn straight into it the first time; None if it cannot be used."""
+    n = config.n_params()
+    path = cache_dir() / "synthetic" / f"{preset}-seed{seed}-{GENERATION}.npy"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(path.parent).free < 4 * n + (1 << 30):
+                return None
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            try:
+                flat = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n,))
+                _draw(_carve(flat, config), config, seed)
+                flat.flush()
+                del flat
+                os.replace(tmp, path)  # whole or not at all: a killed run leaves no half file under the name
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+        flat = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if flat.shape != (n,) or flat.dtype != np.float32:
+        return None
+    return _carve(flat, config)
+
+
 def load_synthetic(spec: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """Big shapes come memory-mapped from an on-disk cache keyed by preset and seed; small ones are drawn."""
     preset, seed = parse_spec(spec)
     config = PRESETS[preset]
-    return config, synthetic_weights(config, seed)
+    weights = None
+    if 4 * config.n_params() >= CACHE_MIN_BYTES:
+        weights = _cached_weights(config, preset, seed)
+    return config, weights if weights is not None else synthetic_weights(config, seed)
