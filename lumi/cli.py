@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import __version__
@@ -155,6 +156,8 @@ def _run_bench(args) -> int:
     from .bench.runner import check_supported, run_config
 
     configs = [load_config(resolve(c)) for c in (args.configs or ["default"])]
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise UsageError("--output", f"no such directory for {args.output}")
     for cfg in configs:
         check_supported(cfg)
     progress = _Progress()
@@ -179,7 +182,10 @@ def _run_bench(args) -> int:
         progress.done()
     text = report.FORMATS[args.format](doc)
     if args.output:
-        report.write_atomic(args.output, text)
+        try:
+            report.write_atomic(args.output, text)
+        except OSError as e:
+            raise UsageError("--output", f"cannot write {args.output}: {e.strerror}") from None
         if args.format != "table":
             text = report.table(doc)
     sys.stdout.write(text)
