@@ -18,17 +18,22 @@ from .formats import load_checkpoint
 from .generate import Generation, generate
 from .model import Model
 from .sampler import SamplingParams
+from .weights import STORAGE_DTYPES
 
 
-def load_model(spec: str | os.PathLike, *, max_seq_len: int | None = None) -> Model:
+def load_model(spec: str | os.PathLike, *, max_seq_len: int | None = None, dtype: str = "fp32") -> Model:
     """A ready model from a checkpoint path or ``synthetic:PRESET[?seed=N]``.
 
-    ``max_seq_len`` caps the context (and so the KV cache) below the model's own.
+    ``max_seq_len`` caps the context (and so the KV cache) below the model's own;
+    ``dtype`` is the weights' storage: "fp32", "fp16", "bf16" (16 bits, widened
+    block by block in the products) or "int8" (blocks of 32 with float32 scales).
     """
     config, weights = load_checkpoint(spec)
     if max_seq_len is not None and not 0 < max_seq_len <= config.max_seq_len:
         raise UsageError("--max-seq-len", f"must be in 1..{config.max_seq_len} (the model's context), got {max_seq_len}")
-    model = Model(config, weights, max_seq_len=max_seq_len)
+    if dtype not in STORAGE_DTYPES:
+        raise UsageError("--dtype", f"must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    model = Model(config, weights, max_seq_len=max_seq_len, dtype=dtype)
     model.source = os.fspath(spec)
     return model
 

@@ -39,6 +39,9 @@ def _add_generate(sub) -> None:
     src.add_argument("--prompt-ids", metavar="IDS", help="comma-separated token ids, used as given (e.g. 1 for BOS)")
     p.add_argument("-n", "--max-new-tokens", type=int, default=256, metavar="N", help="tokens to generate (default 256)")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="cap the context (and the KV cache) below the model's")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+                   help="weight storage: fp32 (default), fp16/bf16 (16 bits, widened block by block), "
+                        "int8 (blocks of 32 with float32 scales); compute is float32 either way")
     p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default 1: off)")
     p.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely tokens (default 0: off)")
@@ -99,7 +102,7 @@ def _run_generate(args) -> int:
     from .sampler import SamplingParams
 
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    model = load_model(args.model, max_seq_len=args.max_seq_len)
+    model = load_model(args.model, max_seq_len=args.max_seq_len, dtype=args.dtype)
     tokenizer = _resolve_tokenizer(args, model)
     gen = generate(model, _prompt_ids(args, tokenizer), args.max_new_tokens, sampling=sampling,
                    seed=args.seed, ignore_eos=args.ignore_eos)

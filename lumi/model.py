@@ -18,6 +18,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import LumiError
 from .kvcache import KVCache
+from .weights import STORAGE_DTYPES, BlockQ8, HalfMatrix, stack_rows, to_float32, to_storage, widened_matmul_t
 
 F32 = np.float32
 NEG_INF = np.float32(-np.inf)
@@ -33,8 +34,11 @@ def linear(x, w):
     Rows of ``w`` are the dot products the product streams through; BLAS takes
     the transposed view as a flag, with no copy. A weight that is not
     C-contiguous here (a transposed view of an (in, out) array, the seed's 7x
-    slowdown) is a bug, and the layout test catches it.
+    slowdown) is a bug, and the layout test catches it. 16-bit and int8
+    weights are widened a block of rows at a time (``weights.widened_matmul_t``).
     """
+    if isinstance(w, (HalfMatrix, BlockQ8)):
+        return widened_matmul_t(x, w)
     return x @ w.T
 
 
@@ -131,36 +135,15 @@ class Layer:
 STACKED_ROWS = (("attention.wq", "attention.wk", "attention.wv"), ("feed_forward.w1", "feed_forward.w3"))
 
 
-def _owner(a):
-    """The object that owns a's memory: an array with no base, or a buffer (mmap, bytes)."""
-    while isinstance(a, np.ndarray) and a.base is not None:
-        a = a.base
-    return a
+def _vector(xp, *arrays):
+    """Norm weights and biases: one float32 vector on xp's device (several concatenated)."""
+    return xp.asarray(np.ascontiguousarray(np.concatenate([to_float32(a) for a in arrays])))
 
 
-def _adjacent_rows(parts):
-    """The parts stacked along axis 0 as one view when they lie back to back in one buffer, else None."""
-    owner = _owner(parts[0])
-    tail = parts[0].shape[1:]
-    if any(_owner(p) is not owner or not p.flags.c_contiguous or p.dtype != F32 or p.shape[1:] != tail for p in parts):
-        return None
-    start = address = parts[0].ctypes.data
-    for p in parts:
-        if p.ctypes.data != address:
-            return None
-        address += p.nbytes
-    owner_start = (owner if isinstance(owner, np.ndarray) else np.frombuffer(owner, dtype=np.uint8)).ctypes.data
-    rows = sum(p.shape[0] for p in parts)
-    return np.ndarray((rows, *tail), dtype=F32, buffer=owner, offset=start - owner_start)
-
-
-def _contiguous(xp, *arrays):
-    """One C-contiguous float32 array on xp's device (rows stacked when several)."""
-    parts = [np.ascontiguousarray(a, dtype=F32) for a in arrays]
-    host = parts[0] if len(parts) == 1 else _adjacent_rows(parts)
-    if host is None:
-        host = np.concatenate(parts, axis=0)
-    return xp.asarray(host)
+def _matrix(xp, dtype: str, *arrays):
+    """A matrix in its storage dtype, the rows of several stacked; fp32 ones on xp's device."""
+    w = to_storage(stack_rows(list(arrays)), dtype)
+    return xp.asarray(w) if isinstance(w, np.ndarray) else w
 
 
 class Model:
@@ -170,7 +153,8 @@ class Model:
     arrays (memory maps are fine: weights used as stored are not copied).
     """
 
-    def __init__(self, config: ModelConfig, weights: dict, *, max_seq_len: int | None = None, xp=np):
+    def __init__(self, config: ModelConfig, weights: dict, *, max_seq_len: int | None = None, dtype: str = "fp32",
+                 xp=np):
         if max_seq_len is None:
             max_seq_len = config.max_seq_len
         if not 0 < max_seq_len <= config.max_seq_len:
@@ -182,30 +166,33 @@ class Model:
         for name, shape in expected.items():
             if tuple(weights[name].shape) != shape:
                 raise LumiError(f"weight {name} has shape {tuple(weights[name].shape)}, config needs {shape}")
+        if dtype not in STORAGE_DTYPES:
+            raise LumiError(f"--dtype: must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
         self.config = config
         self.max_seq_len = max_seq_len
+        self.dtype = dtype
         self.xp = xp
         c, w = config, weights
-        self.tok_embeddings = _contiguous(xp, w["tok_embeddings"])  # (V, d)
+        self.tok_embeddings = _matrix(xp, dtype, w["tok_embeddings"])  # (V, d)
         self.layers = []
         for i in range(c.n_layers):
             p = f"layers.{i}."
             bias = None
             if c.attention_bias:
-                bias = _contiguous(xp, w[p + "attention.bq"], w[p + "attention.bk"], w[p + "attention.bv"])
+                bias = _vector(xp, w[p + "attention.bq"], w[p + "attention.bk"], w[p + "attention.bv"])
             self.layers.append(
                 Layer(
-                    attention_norm=_contiguous(xp, w[p + "attention_norm"]),
-                    wqkv=_contiguous(xp, *(w[p + n] for n in STACKED_ROWS[0])),
+                    attention_norm=_vector(xp, w[p + "attention_norm"]),
+                    wqkv=_matrix(xp, dtype, *(w[p + n] for n in STACKED_ROWS[0])),
                     bqkv=bias,
-                    wo=_contiguous(xp, w[p + "attention.wo"]),
-                    ffn_norm=_contiguous(xp, w[p + "ffn_norm"]),
-                    w13=_contiguous(xp, *(w[p + n] for n in STACKED_ROWS[1])),
-                    w2=_contiguous(xp, w[p + "feed_forward.w2"]),
+                    wo=_matrix(xp, dtype, w[p + "attention.wo"]),
+                    ffn_norm=_vector(xp, w[p + "ffn_norm"]),
+                    w13=_matrix(xp, dtype, *(w[p + n] for n in STACKED_ROWS[1])),
+                    w2=_matrix(xp, dtype, w[p + "feed_forward.w2"]),
                 )
             )
-        self.norm = _contiguous(xp, w["norm"])  # (d,)
-        self.output = self.tok_embeddings if c.tie_embeddings else _contiguous(xp, w["output"])  # (V, d)
+        self.norm = _vector(xp, w["norm"])  # (d,)
+        self.output = self.tok_embeddings if c.tie_embeddings else _matrix(xp, dtype, w["output"])  # (V, d)
         self.eps = F32(c.norm_eps)
         self.cos, self.sin = rope_tables(c.head_dim, max_seq_len, c.rope_theta, xp)
         self.reset()
@@ -225,6 +212,14 @@ class Model:
                 if a is not None:
                     arrays[f"layers.{i}.{field}"] = a
         return arrays
+
+    def widening_paths(self) -> dict[str, str]:
+        """How each kind of weight reaches the product: "fp32" (as stored) or its widening path."""
+        paths = {}
+        for name, a in self.weight_arrays().items():
+            kind = name.rsplit(".", 1)[-1]
+            paths.setdefault(kind, getattr(a, "path", "fp32"))
+        return paths
 
     def weight_bytes(self) -> int:
         return sum(a.nbytes for a in self.weight_arrays().values())
@@ -277,7 +272,8 @@ class Model:
         T, H, Hkv, hd = len(tokens), c.n_heads, c.n_kv_heads, c.head_dim
         cos = self.cos[start_pos : start_pos + T]  # (T, hd/2)
         sin = self.sin[start_pos : start_pos + T]
-        x = self.tok_embeddings[xp.asarray(tokens)]  # (T, d), a copy we own
+        emb = self.tok_embeddings
+        x = emb.rows(tokens) if isinstance(emb, (HalfMatrix, BlockQ8)) else emb[xp.asarray(tokens)]  # (T, d), ours
         for i, layer in enumerate(self.layers):
             h = rmsnorm(x, layer.attention_norm, self.eps, xp)
             qkv = linear(h, layer.wqkv)  # (T, d + 2 kv_dim)

@@ -21,9 +21,10 @@ QK = 32  # int8 block length along the input axis (GGUF's Q8_0 uses the same)
 
 @dataclass
 class BlockQ8:
-    """int8 weights in blocks of ``QK`` along the last axis, one float32 scale per block.
+    """int8 weights in blocks along the last axis, one float32 scale per block.
 
-    ``w[r, b*QK:(b+1)*QK] ~= q[r, b*QK:(b+1)*QK] * scales[r, b]``.
+    ``w[r, b*n:(b+1)*n] ~= q[r, b*n:(b+1)*n] * scales[r, b]`` with block length
+    n = in / scales.shape[1]: ``QK`` normally, the whole row when in % QK != 0.
     """
 
     q: np.ndarray  # (out, in) int8
@@ -31,9 +32,10 @@ class BlockQ8:
 
     def __post_init__(self):
         rows, cols = self.q.shape
-        if self.q.dtype != np.int8 or self.scales.dtype != np.float32 or cols % QK or \
-                self.scales.shape != (rows, cols // QK):
-            raise ValueError(f"BlockQ8 needs int8 q (out, in) with in % {QK} == 0 and float32 scales (out, in/{QK}); "
+        n_blocks = self.scales.shape[-1] if self.scales.ndim == 2 else 0
+        if self.q.dtype != np.int8 or self.scales.dtype != np.float32 or self.scales.shape[:1] != (rows,) \
+                or not n_blocks or cols % n_blocks:
+            raise ValueError(f"BlockQ8 needs int8 q (out, in) and float32 scales (out, in / block); "
                              f"got {self.q.dtype}{self.q.shape}, {self.scales.dtype}{self.scales.shape}")
 
     @property
@@ -48,17 +50,35 @@ class BlockQ8:
     def nbytes(self) -> int:
         return self.q.nbytes + self.scales.nbytes
 
+    storage = "int8"
+    path = "int8-blocks"
+
     def dequantize(self) -> np.ndarray:
         """float32 (out, in): for tests and conversion, not for the hot path."""
-        rows, cols = self.q.shape
-        w = self.q.reshape(rows, cols // QK, QK).astype(np.float32) * self.scales[:, :, None]
-        return w.reshape(rows, cols)
+        return self.rows(slice(None))
+
+    def widen_rows(self, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+        """Rows r0:r1 as float32 into out (r1 - r0, in)."""
+        np.copyto(out, self.q[r0:r1])
+        blocks = out.reshape(r1 - r0, self.scales.shape[1], -1)  # (rows, n_blocks, block)
+        np.multiply(blocks, self.scales[r0:r1, :, None], out=blocks)
+        return out
+
+    def rows(self, index) -> np.ndarray:
+        """Rows picked by an index array or slice, as float32 (..., in)."""
+        q, scales = self.q[index], self.scales[index]
+        w = q.reshape(*q.shape[:-1], scales.shape[-1], -1).astype(np.float32) * scales[..., None]
+        return w.reshape(q.shape)
 
 
 def quantize_q8(w: np.ndarray) -> BlockQ8:
-    """Round a float matrix (out, in) to int8 blocks with absmax scales (GGUF Q8_0's rule)."""
+    """Round a float matrix (out, in) to int8 blocks with absmax scales (GGUF Q8_0's rule).
+
+    Blocks of QK along the input axis, or one block per row when in % QK != 0.
+    """
     rows, cols = w.shape
-    blocks = np.asarray(w, dtype=np.float32).reshape(rows, cols // QK, QK)
+    n_blocks = cols // QK if cols % QK == 0 else 1
+    blocks = np.asarray(w, dtype=np.float32).reshape(rows, n_blocks, -1)
     scales = np.abs(blocks).max(axis=-1) / np.float32(127)  # (out, in/QK)
     inverse = np.divide(np.float32(1), scales, out=np.zeros_like(scales), where=scales > 0)
     q = np.rint(blocks * inverse[:, :, None]).astype(np.int8)
@@ -70,3 +90,137 @@ def to_float32(w) -> np.ndarray:
     if isinstance(w, BlockQ8):
         return w.dequantize()
     return np.asarray(w, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------
+# 16-bit matrices and the block-wise product
+
+BLOCK_BYTES = 1 << 19  # float32 bytes widened per block: 512 KiB stays in L2 while the product reads it
+_F16_MASK = np.uint32(0x8FFFFFFF).view(np.int32)  # keep the sign (bit 31) and bits 0..27
+_F16_SCALE = np.float32(2.0**112)  # 2^(127 - 15): rebias a half's exponent to a float's
+
+
+class HalfMatrix:
+    """A float16 or bfloat16 matrix (out, in), widened to float32 a block of rows at a time.
+
+    bf16: ml_dtypes' cast. fp16: NumPy's own cast is slow (about 4.5x an fp32
+    product here), so finite tensors take a bit path: sign-extend the half's
+    bits into an int32 shifted left by 13, mask off the extension, and multiply
+    by 2^112 (exact for normals, subnormals and signed zeros). A tensor holding
+    Inf or NaN keeps NumPy's exact cast.
+    """
+
+    def __init__(self, a: np.ndarray):
+        assert a.ndim == 2 and a.dtype in (np.float16, BF16)
+        self.a = np.ascontiguousarray(a)
+        if a.dtype == BF16:
+            self.storage, self.path = "bf16", "bf16-ml_dtypes-cast"
+        else:
+            finite = not np.any((self.a.view(np.uint16) & np.uint16(0x7C00)) == np.uint16(0x7C00))
+            self.storage, self.path = "fp16", "fp16-bits" if finite else "fp16-numpy-cast"
+            self._bits = self.a.view(np.int16)
+
+    shape = property(lambda self: self.a.shape)
+    nbytes = property(lambda self: self.a.nbytes)
+
+    def widen_rows(self, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+        """Rows r0:r1 as float32 into out (r1 - r0, in)."""
+        if self.path == "fp16-bits":
+            bits = out.view(np.int32)
+            np.left_shift(self._bits[r0:r1], np.int32(13), out=bits)
+            np.bitwise_and(bits, _F16_MASK, out=bits)
+            np.multiply(out, _F16_SCALE, out=out)
+        else:
+            np.copyto(out, self.a[r0:r1])
+        return out
+
+    def rows(self, index) -> np.ndarray:
+        return self.a[index].astype(np.float32)
+
+
+class _Scratch:
+    """One reused float32 buffer for widened blocks (the decode step allocates none)."""
+
+    def __init__(self):
+        self.buffer = np.empty(0, dtype=np.float32)
+
+    def get(self, n: int) -> np.ndarray:
+        if self.buffer.size < n:
+            self.buffer = np.empty(n, dtype=np.float32)
+        return self.buffer[:n]
+
+
+_SCRATCH = _Scratch()
+
+
+def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
+    """x (T, in) @ w.T for a HalfMatrix or BlockQ8 w (out, in): float32 (T, out).
+
+    Rows of w are widened into a cache-sized float32 block, which BLAS then
+    multiplies; the full matrix never exists in float32.
+    """
+    rows, cols = w.shape
+    block = max(1, min(rows, BLOCK_BYTES // (4 * cols)))
+    out = np.empty((x.shape[0], rows), dtype=np.float32)
+    buffer = _SCRATCH.get(block * cols)
+    for r0 in range(0, rows, block):
+        r1 = min(r0 + block, rows)
+        wide = w.widen_rows(r0, r1, buffer[: (r1 - r0) * cols].reshape(r1 - r0, cols))
+        np.matmul(x, wide.T, out=out[:, r0:r1])
+    return out
+
+
+# ----------------------------------------------------------------------------
+# conversion at load
+
+
+def _owner(a):
+    """The object that owns a's memory: an array with no base, or a buffer (mmap, bytes)."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
+def _adjacent(parts: list[np.ndarray]) -> np.ndarray | None:
+    """The parts stacked along axis 0 as one view when they lie back to back in one buffer, else None."""
+    owner, dtype, tail = _owner(parts[0]), parts[0].dtype, parts[0].shape[1:]
+    if any(_owner(p) is not owner or not p.flags.c_contiguous or p.dtype != dtype or p.shape[1:] != tail
+           for p in parts):
+        return None
+    start = address = parts[0].ctypes.data
+    for p in parts:
+        if p.ctypes.data != address:
+            return None
+        address += p.nbytes
+    owner_start = (owner if isinstance(owner, np.ndarray) else np.frombuffer(owner, dtype=np.uint8)).ctypes.data
+    rows = sum(p.shape[0] for p in parts)
+    return np.ndarray((rows, *tail), dtype=dtype, buffer=owner, offset=start - owner_start)
+
+
+def stack_rows(parts: list):
+    """Stored tensors stacked along the rows: a view when already adjacent, else one copy."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(p, BlockQ8) for p in parts):
+        return BlockQ8(stack_rows([p.q for p in parts]), stack_rows([p.scales for p in parts]))
+    if len({getattr(p, "dtype", None) for p in parts}) != 1 or any(isinstance(p, BlockQ8) for p in parts):
+        parts = [to_float32(p) for p in parts]
+    return _adjacent(parts) if _adjacent(parts) is not None else np.concatenate(parts, axis=0)
+
+
+def to_storage(w, dtype: str):
+    """A stored matrix in the storage ``dtype`` ("fp32" | "fp16" | "bf16" | "int8") the model multiplies with.
+
+    fp32 gives a C-contiguous float32 ndarray (the original when it already is one),
+    fp16/bf16 a HalfMatrix, int8 a BlockQ8 (blocks of QK along the input axis, or
+    one block per row when the width is not a multiple of QK).
+    """
+    if dtype == "fp32":
+        return np.ascontiguousarray(to_float32(w))
+    if dtype in ("fp16", "bf16"):
+        target = STORAGE_DTYPES[dtype]
+        a = w if getattr(w, "dtype", None) == target and not isinstance(w, BlockQ8) else to_float32(w).astype(target)
+        return HalfMatrix(a)
+    if dtype == "int8":
+        return w if isinstance(w, BlockQ8) else quantize_q8(to_float32(w))
+    raise ValueError(f"unknown storage dtype {dtype!r} (known: {', '.join(STORAGE_DTYPES)})")

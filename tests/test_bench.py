@@ -77,11 +77,11 @@ def test_bad_configs_name_the_file_and_key(tmp_path, case, capsys):
 def test_missing_config_and_unsupported_dtype(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "absent.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
-    path = tmp_path / "bf16.yaml"
-    path.write_text(TINY + "dtype: bf16\n")
+    path = tmp_path / "gpu.yaml"
+    path.write_text(TINY + "backend: cupy\n")
     assert main(["bench", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "dtype: bf16 is not supported" in err and err.count("\n") == 1
+    assert "backend: cupy is not supported" in err and err.count("\n") == 1
 
 
 def test_bench_json_has_the_promised_fields(tmp_path, capsys):

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import LumiError
 from .config import BenchConfig, ConfigError, RunPoint, load_config
 
-SUPPORTED = {"backend": ("numpy",), "dtype": ("fp32",)}  # what this engine can run today
+SUPPORTED = {"backend": ("numpy",), "dtype": ("fp32", "fp16", "bf16", "int8")}  # what this engine can run today
 PROMPT_SEED = 1234  # the benchmark prompt's ids: fixed forever, so results stay comparable across commits
 METRICS = ("prefill_s", "prefill_tokens_per_s", "ttft_s", "decode_s_per_token", "decode_tokens_per_s")
 
@@ -80,7 +80,7 @@ class Session:
         if not model_spec.startswith("synthetic:") and not os.path.isabs(model_spec):
             beside = os.path.join(os.path.dirname(cfg.path), model_spec)
             model_spec = beside if os.path.exists(beside) else model_spec
-        self.model = load_model(model_spec)
+        self.model = load_model(model_spec, dtype=cfg.dtype)
         self.load_s = time.perf_counter() - t0
         if context > self.model.max_seq_len:
             raise ConfigError(cfg.path, "workload", f"prompt_tokens + gen_tokens = {context} exceeds the model's "
@@ -142,6 +142,7 @@ def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
     result["decode_s"] = result["decode_s_per_token"] * result["decode_tokens"]
     result["load_s"] = session.load_s
     result["weight_bytes_per_token"] = model.decode_weight_bytes()
+    result["widening"] = model.widening_paths()  # the path each kind of weight actually took
     result["ids_fingerprint"] = fingerprint(ids)
     result["spread"] = {m: {"min": min(v), "max": max(v), "stdev": statistics.pstdev(v)} for m, v in samples.items()}
     result["samples"] = samples

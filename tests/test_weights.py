@@ -1,0 +1,108 @@
+"""Storage dtypes: 16-bit and int8 weights, widened block by block inside the product."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import asset
+from float64_guard import GUARD, GuardedArray
+
+import lumi
+from lumi.config import PRESETS
+from lumi.formats.synthetic import synthetic_weights
+from lumi.model import Model
+from lumi.weights import (BF16, BLOCK_BYTES, QK, BlockQ8, HalfMatrix, quantize_q8, stack_rows, to_float32,
+                          to_storage, widened_matmul_t)
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
+@pytest.mark.parametrize("cols", [64, 172, 4096])
+def test_widened_product_equals_the_product_with_the_widened_matrix(dtype, cols):
+    w = RNG.standard_normal((300, cols)).astype(np.float32)
+    x = RNG.standard_normal((3, cols)).astype(np.float32)
+    stored = to_storage(w, dtype)
+    wide = stored.dequantize() if isinstance(stored, BlockQ8) else to_float32(stored.a)
+    expected = x @ wide.T
+    assert np.abs(widened_matmul_t(x, stored) - expected).max() <= 1e-5 * np.abs(expected).max()  # order of sums only
+    if cols == 4096:
+        assert BLOCK_BYTES // (4 * cols) < 300  # the product really runs in several blocks
+
+
+def test_fp16_bit_path_is_exact_for_every_finite_half():
+    halves = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)].reshape(-1, 64)  # 63488 values, 992 rows
+    stored = HalfMatrix(finite)
+    assert stored.path == "fp16-bits"
+    out = np.empty(finite.shape, dtype=np.float32)
+    stored.widen_rows(0, finite.shape[0], out)
+    expected = finite.astype(np.float32)
+    assert np.array_equal(out, expected) and np.array_equal(np.signbit(out), np.signbit(expected))
+
+
+def test_fp16_with_inf_keeps_the_exact_cast():
+    w = np.ones((4, 8), dtype=np.float16)
+    w[2, 3] = np.inf
+    stored = HalfMatrix(w)
+    assert stored.path == "fp16-numpy-cast"
+    out = np.empty((4, 8), dtype=np.float32)
+    assert np.array_equal(stored.widen_rows(0, 4, out), w.astype(np.float32))
+
+
+def test_int8_blocks_bound_the_error_and_the_bytes():
+    w = RNG.standard_normal((64, 4096)).astype(np.float32)
+    q = quantize_q8(w)
+    assert q.scales.shape == (64, 4096 // QK)
+    absmax = np.abs(w.reshape(64, -1, QK)).max(axis=-1, keepdims=True)
+    assert (np.abs(q.dequantize() - w).reshape(64, -1, QK) <= absmax / 254 * 1.0001).all()
+    assert q.nbytes / w.nbytes == pytest.approx(1.125 / 4)
+    per_row = quantize_q8(RNG.standard_normal((8, 172)).astype(np.float32))  # 172 % 32 != 0: one block per row
+    assert per_row.scales.shape == (8, 1)
+    assert np.array_equal(per_row.rows(np.array([3, 5])), per_row.dequantize()[[3, 5]])
+
+
+def test_bf16_is_held_in_16_bits_and_stacking_keeps_the_dtype():
+    w = RNG.standard_normal((10, 64)).astype(np.float32)
+    stored = to_storage(w, "bf16")
+    assert stored.a.dtype == BF16 and stored.nbytes == w.nbytes // 2 and stored.a.flags.c_contiguous
+    stacked = stack_rows([w.astype(BF16), w.astype(BF16)])
+    assert stacked.dtype == BF16 and stacked.shape == (20, 64)
+    flat = np.arange(40 * 64, dtype=np.float32)
+    a, b = flat[: 10 * 64].reshape(10, 64), flat[10 * 64 : 40 * 64].reshape(30, 64)
+    assert np.shares_memory(stack_rows([a, b]), flat)  # adjacent rows: a view, no copy
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
+def test_models_in_every_dtype_stay_float32_and_close_to_fp32(dtype):
+    config = PRESETS["stories260K"].replace(tie_embeddings=False)
+    weights = synthetic_weights(config, seed=3)
+    tokens = np.array([1, 7, 42, 99], dtype=np.int32)
+    ref = Model(config, weights).forward(tokens, 0)
+    model = Model(config, weights, dtype=dtype)
+    logits = model.forward(tokens, 0)
+    assert logits.dtype == np.float32
+    assert np.abs(logits - ref).max() < {"fp16": 0.05, "bf16": 0.5, "int8": 1.0}[dtype]
+    assert model.weight_bytes() < Model(config, weights).weight_bytes() * {"fp16": 0.51, "bf16": 0.51, "int8": 0.3}[dtype]
+    assert set(model.widening_paths().values()) >= {HalfMatrix(np.zeros((1, 1), np.float16)).path
+                                                     if dtype == "fp16" else {"bf16": "bf16-ml_dtypes-cast",
+                                                                              "int8": "int8-blocks"}[dtype]}
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_no_float64_with_16_bit_and_int8_storage(dtype):
+    config = PRESETS["stories260K"]
+    model = Model(config, synthetic_weights(config), dtype=dtype, xp=GUARD)
+    before = GuardedArray.checks
+    model.forward(np.array([1, 2, 3], dtype=np.int32), 0)
+    assert model.decode(4, 3).dtype == np.float32
+    assert GuardedArray.checks - before > 100
+
+
+@pytest.mark.parametrize("dtype, prefix", [("fp16", 32), ("bf16", 32)])
+def test_16_bit_greedy_ids_match_fp32_on_stories260K(assets, dtype, prefix):
+    checkpoint = asset(assets, "models/stories260K.bin")
+    golden = json.loads(asset(assets, "golden/stories260K_greedy.json").read_text())["generated_ids"]
+    model = lumi.load_model(checkpoint, dtype=dtype)
+    ids = lumi.generate(model, [1], prefix, ignore_eos=True).run().generated_ids
+    assert ids == golden[:prefix]
