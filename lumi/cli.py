@@ -140,6 +140,24 @@ def _run_generate(args) -> int:
     return EXIT_INTERRUPTED if interrupted else 0
 
 
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="describe a model: architecture, parameters, bytes, memory a run needs",
+                       description="Describe a checkpoint or synthetic:PRESET without running it.")
+    p.add_argument("model", metavar="MODEL", help="checkpoint path, or synthetic:PRESET[?seed=N]")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help="storage to plan for")
+    p.add_argument("--max-seq-len", type=int, metavar="N", help="context to plan the KV cache for")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args) -> int:
+    from .info import describe, render
+
+    info = describe(args.model, args.dtype, args.max_seq_len)
+    sys.stdout.write(json.dumps(info, indent=1) + "\n" if args.json else render(info))
+    return 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure configs from configs/*.yaml",
                        description="Run benchmark configs (default: the 'default' config), each in a fresh process.")
@@ -220,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _add_generate(sub)
+    _add_info(sub)
     _add_bench(sub)
     return parser
 

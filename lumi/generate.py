@@ -62,8 +62,9 @@ class Generation:
     """One prompt's generation; iterate for ids, or ``run()`` to completion."""
 
     def __init__(self, model: Model, prompt_ids, max_new_tokens: int, sampling: SamplingParams,
-                 rng: np.random.Generator, stop_ids: frozenset[int]):
+                 rng: np.random.Generator, stop_ids: frozenset[int], start_pos: int = 0):
         self.model = model
+        self.start_pos = start_pos
         self.prompt_ids = [int(t) for t in prompt_ids]
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling
@@ -74,14 +75,14 @@ class Generation:
         self.finish_reason: str | None = None  # "length" | "stop" once done
 
     def __iter__(self):
-        model, P = self.model, len(self.prompt_ids)
+        model, P = self.model, self.start_pos + len(self.prompt_ids)  # P: the first position after the prompt
         if self.max_new_tokens == 0:
             self.finish_reason = "length"
             return
         t0 = time.perf_counter()
-        logits = model.prefill(np.asarray(self.prompt_ids, dtype=np.int32), 0)
+        logits = model.prefill(np.asarray(self.prompt_ids, dtype=np.int32), self.start_pos)
         token = sample(logits, self.sampling, self.rng)
-        self.stats.prefill_tokens, self.stats.prefill_s = P, time.perf_counter() - t0
+        self.stats.prefill_tokens, self.stats.prefill_s = len(self.prompt_ids), time.perf_counter() - t0
         for pos in range(P, P + self.max_new_tokens):
             self.generated_ids.append(token)
             yield token
@@ -103,13 +104,17 @@ class Generation:
 
 
 def generate(model: Model, prompt_ids, max_new_tokens: int = 256, *, sampling: SamplingParams | None = None,
-             seed: int | None = None, ignore_eos: bool = False) -> Generation:
+             seed: int | None = None, ignore_eos: bool = False, start_pos: int = 0,
+             rng: np.random.Generator | None = None, stop_ids=None) -> Generation:
     """Generate up to ``max_new_tokens`` after ``prompt_ids``; stops at the model's stop ids unless ``ignore_eos``.
 
-    The prompt and every generated token but the last must fit the model's context.
+    The prompt goes at ``start_pos`` (a chat continues its context there, with the
+    KV cache of the earlier turns kept); it and every generated token but the last
+    must fit the model's context. ``rng`` (else one seeded with ``seed``) drives
+    sampling; ``stop_ids`` overrides the model's own.
     """
     prompt_ids = [int(t) for t in prompt_ids]
-    V, S = model.config.vocab_size, model.max_seq_len
+    V, S = model.config.vocab_size, model.max_seq_len - start_pos
     if not prompt_ids:
         raise UsageError("prompt", "is empty: give at least one token (e.g. BOS)")
     bad = [t for t in prompt_ids if not 0 <= t < V]
@@ -117,11 +122,12 @@ def generate(model: Model, prompt_ids, max_new_tokens: int = 256, *, sampling: S
         raise UsageError("prompt", f"token id {bad[0]} is out of range for a vocabulary of {V}")
     if max_new_tokens < 0:
         raise UsageError("-n", f"must be >= 0, got {max_new_tokens}")
+    context = f"the context of {S} tokens" if not start_pos else f"the {S} positions left in the context"
     if len(prompt_ids) > S:
-        raise UsageError("prompt", f"has {len(prompt_ids)} tokens, longer than the context of {S}")
+        raise UsageError("prompt", f"has {len(prompt_ids)} tokens, longer than {context}")
     if max_new_tokens and len(prompt_ids) + max_new_tokens - 1 > S:
-        raise UsageError("-n", f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new ones exceed the context "
-                               f"of {S} tokens (at most {S - len(prompt_ids) + 1} new ones fit)")
-    stop_ids = frozenset() if ignore_eos else frozenset(model.config.stop_ids)
+        raise UsageError("-n", f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new ones exceed {context} "
+                               f"(at most {S - len(prompt_ids) + 1} new ones fit)")
+    stops = frozenset() if ignore_eos else frozenset(model.config.stop_ids if stop_ids is None else stop_ids)
     return Generation(model, prompt_ids, max_new_tokens, sampling or SamplingParams(),
-                      np.random.default_rng(seed), stop_ids)
+                      rng if rng is not None else np.random.default_rng(seed), stops, start_pos)

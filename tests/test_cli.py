@@ -160,3 +160,18 @@ def test_ctrl_c_stops_and_still_prints_the_closing_line():
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "interrupted" in err and "tok/s" in err and "Traceback" not in err
+
+
+def test_info_describes_without_running(capsys, tmp_path):
+    path = tmp_path / "m.bin"
+    write_llama2c(path, lumi.PRESETS["stories260K"], synthetic_weights(lumi.PRESETS["stories260K"]))
+    code, out, err = run(capsys, "info", str(path), "--dtype", "bf16", "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["parameters"] == lumi.PRESETS["stories260K"].n_params()
+    assert info["stored_bytes_by_dtype"] == {"float32": 4 * info["parameters"]}
+    assert info["weight_bytes"] < 0.6 * 4 * info["parameters"] and "bf16" in info["widening"]
+    code, out, err = run(capsys, "info", "synthetic:llama3-8B", "--dtype", "int8")
+    assert code == 0 and "128256" in out and "8.03 B" in out
+    code, out, err = run(capsys, "info", str(tmp_path / "absent.bin"))
+    assert code == 2 and "no such file" in err
