@@ -167,6 +167,8 @@ def _add_bench(sub) -> None:
         fmt.add_argument(f"--{name}", dest="format", action="store_const", const=name, help=f"print {name}")
     p.add_argument("--output", "-o", metavar="FILE", help="write the result there (whole or not at all); "
                    "the table still goes to stdout")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each decode step per op kind (matmul, attention, norm, rope, sampling, Python)")
     p.set_defaults(run=_run_bench, format="table")
 
 
@@ -190,7 +192,7 @@ def _run_bench(args) -> int:
             progress(f"measuring GEMV bandwidth with {threads} thread(s)")
             doc["bandwidth"][str(threads)] = measure_bandwidth(threads)
         for i, cfg in enumerate(configs, 1):
-            for result in run_config(cfg, lambda msg: progress(f"[{i}/{len(configs)}] {msg}")):
+            for result in run_config(cfg, lambda msg: progress(f"[{i}/{len(configs)}] {msg}"), args.profile):
                 bandwidth = doc["bandwidth"][str(result["threads"])]["gemv_bytes_per_s"]
                 result["bandwidth_fraction"] = (
                     result["weight_bytes_per_token"] / result["decode_s_per_token"] / bandwidth)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -104,13 +105,29 @@ def attention(q, k, v, start_pos: int, xp):
     return out.reshape(n_kv, g, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd)
 
 
-def swiglu(x, w13, w2, hidden_dim: int, xp):
-    """w2 (silu(x w1) * (x w3)), with gate w1 and up w3 fused as w13 (2h, d). [arxiv 2002.05202, eq. 6]"""
-    gu = linear(x, w13)  # (T, 2h)
+def swiglu(gu, hidden_dim: int, xp):
+    """silu(gate) * up from gu = x @ [w1; w3].T (T, 2h): the SwiGLU activation. [arxiv 2002.05202, eq. 6]"""
     gate, up = gu[:, :hidden_dim], gu[:, hidden_dim:]
     # silu(z) = z * sigmoid(z), sigmoid(z) = (1 + tanh(z/2)) / 2: no exp overflow
-    act = gate * (1 + xp.tanh(gate * F32(0.5))) * F32(0.5) * up
-    return linear(act, w2)
+    return gate * (1 + xp.tanh(gate * F32(0.5))) * F32(0.5) * up  # (T, h)
+
+
+def embed(table, tokens, xp):
+    """Rows of the token-embedding table (V, d) as float32 (T, d), a copy the forward pass owns."""
+    if isinstance(table, (HalfMatrix, BlockQ8)):
+        return table.rows(tokens)
+    return table[xp.asarray(tokens)]
+
+
+def update_cache(cache: KVCache, layer: int, start_pos: int, k, v):
+    return cache.update(layer, start_pos, k, v)
+
+
+# The operations the forward pass calls, by the kind a profile reports them under.
+# A model looks them up in its own ``ops``, so a profiler can time one model's
+# operations without touching anything global (and costs nothing when off).
+OPS = dict(embed=embed, norm=rmsnorm, matmul=linear, rope=apply_rope, cache=update_cache, attention=attention,
+           activation=swiglu)
 
 
 # ----------------------------------------------------------------------------
@@ -194,6 +211,7 @@ class Model:
         self.norm = _vector(xp, w["norm"])  # (d,)
         self.output = self.tok_embeddings if c.tie_embeddings else _matrix(xp, dtype, w["output"])  # (V, d)
         self.eps = F32(c.norm_eps)
+        self.ops = SimpleNamespace(**OPS)
         self.cos, self.sin = rope_tables(c.head_dim, max_seq_len, c.rope_theta, xp)
         self.reset()
 
@@ -238,12 +256,12 @@ class Model:
     def forward(self, tokens, start_pos: int):
         """Logits (T, V) float32 for every position of tokens (T,) placed at start_pos.."""
         x = self._hidden(tokens, start_pos)
-        return linear(x, self.output)
+        return self.ops.matmul(x, self.output)
 
     def prefill(self, tokens, start_pos: int = 0):
         """Run a prompt at once (matrix-matrix products); logits (V,) of its last position only."""
         x = self._hidden(tokens, start_pos)
-        return linear(x[-1:], self.output)[0]
+        return self.ops.matmul(x[-1:], self.output)[0]
 
     def decode(self, token: int, pos: int):
         """One token at ``pos``; its logits (V,)."""
@@ -268,24 +286,23 @@ class Model:
         """Final-normed hidden states (T, d) for tokens at start_pos.."""
         tokens = np.asarray(tokens)
         self._check(tokens, start_pos)
-        c, xp = self.config, self.xp
+        c, xp, ops = self.config, self.xp, self.ops
         T, H, Hkv, hd = len(tokens), c.n_heads, c.n_kv_heads, c.head_dim
         cos = self.cos[start_pos : start_pos + T]  # (T, hd/2)
         sin = self.sin[start_pos : start_pos + T]
-        emb = self.tok_embeddings
-        x = emb.rows(tokens) if isinstance(emb, (HalfMatrix, BlockQ8)) else emb[xp.asarray(tokens)]  # (T, d), ours
+        x = ops.embed(self.tok_embeddings, tokens, xp)  # (T, d)
         for i, layer in enumerate(self.layers):
-            h = rmsnorm(x, layer.attention_norm, self.eps, xp)
-            qkv = linear(h, layer.wqkv)  # (T, d + 2 kv_dim)
+            h = ops.norm(x, layer.attention_norm, self.eps, xp)
+            qkv = ops.matmul(h, layer.wqkv)  # (T, d + 2 kv_dim)
             if layer.bqkv is not None:
                 qkv += layer.bqkv
             q = qkv[:, : H * hd].reshape(T, H, hd)
             k = qkv[:, H * hd : (H + Hkv) * hd].reshape(T, Hkv, hd)
             v = qkv[:, (H + Hkv) * hd :].reshape(T, Hkv, hd)
-            apply_rope(q, cos, sin, c.rope_layout)
-            apply_rope(k, cos, sin, c.rope_layout)
-            keys, values = self.cache.update(i, start_pos, k, v)  # (Hkv, L, hd)
-            x += linear(attention(q, keys, values, start_pos, xp), layer.wo)
-            h = rmsnorm(x, layer.ffn_norm, self.eps, xp)
-            x += swiglu(h, layer.w13, layer.w2, c.hidden_dim, xp)
-        return rmsnorm(x, self.norm, self.eps, xp)
+            ops.rope(q, cos, sin, c.rope_layout)
+            ops.rope(k, cos, sin, c.rope_layout)
+            keys, values = ops.cache(self.cache, i, start_pos, k, v)  # (Hkv, L, hd)
+            x += ops.matmul(ops.attention(q, keys, values, start_pos, xp), layer.wo)
+            h = ops.norm(x, layer.ffn_norm, self.eps, xp)
+            x += ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2)
+        return ops.norm(x, self.norm, self.eps, xp)

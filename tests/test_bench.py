@@ -122,3 +122,18 @@ def test_write_atomic_is_whole_or_nothing(tmp_path):
     assert os.listdir(tmp_path) == ["result.json"]
     write_atomic(target, "new")
     assert target.read_text() == "new"
+
+
+def test_profile_accounts_for_the_whole_decode_step(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.replace("prompt_tokens: [8, 16]", "prompt_tokens: 8"))
+    assert main(["bench", str(path), "--profile", "--json"]) == 0
+    profile = json.loads(capsys.readouterr().out)["results"][0]["profile"]
+    ops = profile["ops"]
+    assert set(ops) == {"embed", "norm", "matmul", "rope", "cache", "attention", "activation", "sampling", "python"}
+    assert sum(op["fraction"] for op in ops.values()) == pytest.approx(1.0)
+    config = load_config(path)
+    assert ops["matmul"]["calls_per_token"] == 4 * 5 + 1  # qkv, wo, w13, w2 per layer, and the classifier
+    assert ops["sampling"]["calls_per_token"] == 1 and profile["decode_tokens"] == config.gen_tokens[0] - 1
+    assert main(["bench", str(path), "--profile"]) == 0
+    assert "ms per decode step" in capsys.readouterr().out

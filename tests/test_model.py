@@ -6,7 +6,6 @@ from float64_guard import GUARD, Float64Error, GuardedArray
 from helpers import greedy, synthetic_model
 
 import lumi
-import lumi.model
 from lumi.config import PRESETS
 from lumi.formats.llama2c import write_llama2c
 from lumi.formats.synthetic import synthetic_weights
@@ -52,23 +51,24 @@ def test_synthetic_is_deterministic():
     assert not np.array_equal(a["layers.0.attention.wq"], c["layers.0.attention.wq"])
 
 
-def test_every_product_weight_is_c_contiguous_in_the_layout_the_product_wants(monkeypatch):
+def test_every_product_weight_is_c_contiguous_in_the_layout_the_product_wants():
     model = synthetic_model("stories260K", tie_embeddings=False)
     seen = {}
-    real = lumi.model.linear
+    real = model.ops.matmul
 
     def checked(x, w):
         assert w.ndim == 2 and w.flags.c_contiguous, f"weight {w.shape} is not a C-contiguous (out, in) matrix"
+        assert w.dtype == np.float32
         assert w.shape[1] == x.shape[-1], f"weight {w.shape} is not (out, in) for input {x.shape}"
         seen[id(w)] = w
         return real(x, w)
 
-    monkeypatch.setattr(lumi.model, "linear", checked)
+    model.ops.matmul = checked
     model.prefill(np.array([1, 5, 9], dtype=np.int32), 0)
     model.decode(7, 3)
     matrices = {name: a for name, a in model.weight_arrays().items() if a.ndim == 2 and name != "tok_embeddings"}
     unused = [name for name, a in matrices.items() if id(a) not in seen]
-    assert not unused, f"weights never reached linear(): {unused}"
+    assert not unused, f"weights never reached the product: {unused}"
     for name, a in model.weight_arrays().items():
         assert a.flags.c_contiguous and a.dtype == np.float32, name
 

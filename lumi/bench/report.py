@@ -54,7 +54,13 @@ def table(doc: dict) -> str:
     head = [f"lumi {env['lumi_version']} ({env['git_commit'] or 'no git'}), numpy {env['numpy']}, BLAS {blas}",
             f"{env['cpu']}, {env['usable_cores']} usable cores; GEMV bandwidth {bw}",
             "± is half the min-max range of decode s/token; BW frac = weight bytes per token / s per token / GEMV bandwidth"]
-    return "\n".join(head + ["", line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]) + "\n"
+    text = "\n".join(head + ["", line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]) + "\n"
+    for r in doc["results"]:
+        if "profile" in r:
+            from ..profile import render
+
+            text += "\n" + render(r["profile"], f"{r['config']} {r['test']} t{r['threads_applied']}")
+    return text
 
 
 def markdown(doc: dict) -> str:

@@ -154,19 +154,31 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
-def measure_config(cfg: BenchConfig, progress=None) -> list[dict]:
-    """Every point of a config, in this process (use ``run_config`` for an isolated one)."""
+def measure_config(cfg: BenchConfig, progress=None, profile: bool = False) -> list[dict]:
+    """Every point of a config, in this process (use ``run_config`` for an isolated one).
+
+    With ``profile``, each point also gets a per-op profile of its decode steps,
+    taken after (and apart from) the timed repetitions.
+    """
+    from ..profile import profile_decode
+
     session = Session(cfg)
     results = [measure_point(session, point, progress) for point in cfg.points()]
     peak = peak_rss_bytes()
-    for r in results:
+    for point, r in zip(cfg.points(), results):
         r["peak_rss_bytes"] = peak
+        if profile:
+            if progress:
+                progress(f"{cfg.name} {point.test} t{point.threads}: profiling")
+            with thread_limit(point.threads):
+                ids = prompt_ids(point.prompt_tokens, session.model.config.vocab_size)
+                r["profile"] = profile_decode(session.model, ids, max(point.gen_tokens - 1, 1))
     return results
 
 
-def run_config(cfg: BenchConfig, progress=None) -> list[dict]:
+def run_config(cfg: BenchConfig, progress=None, profile: bool = False) -> list[dict]:
     """``measure_config`` in a fresh Python process; its progress lines are relayed."""
-    cmd = [sys.executable, "-m", "lumi.bench.runner", cfg.path]
+    cmd = [sys.executable, "-m", "lumi.bench.runner", cfg.path] + (["--profile"] if profile else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         line = line.rstrip("\n")
@@ -183,10 +195,10 @@ def run_config(cfg: BenchConfig, progress=None) -> list[dict]:
     return json.loads(out)
 
 
-def _worker(path: str) -> int:
+def _worker(path: str, profile: bool) -> int:
     try:
         cfg = load_config(path)
-        results = measure_config(cfg, lambda msg: print("progress: " + msg, file=sys.stderr, flush=True))
+        results = measure_config(cfg, lambda msg: print("progress: " + msg, file=sys.stderr, flush=True), profile)
     except LumiError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -195,4 +207,4 @@ def _worker(path: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_worker(sys.argv[1]))
+    raise SystemExit(_worker(sys.argv[1], "--profile" in sys.argv[2:]))

@@ -1,0 +1,86 @@
+"""Where a decode step's time goes: per kind of operation, sampling, and Python between them.
+
+``profile_decode`` times each operation of one model through its ``ops``
+table (the model's own, so nothing global changes and an unprofiled model
+pays nothing), plus sampling, over real decode steps. "python" is what is
+left of each step: interpreter time between the operations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from .model import OPS, Model
+from .sampler import SamplingParams, sample
+
+KINDS = (*OPS, "sampling", "python")
+
+
+class _Timed:
+    """Wraps a model's ops with timers for the duration of a ``with`` block."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def _wrap(self, kind: str, func):
+        seconds, calls, clock = self.seconds, self.calls, time.perf_counter
+
+        def timed(*args, **kwargs):
+            t0 = clock()
+            result = func(*args, **kwargs)
+            seconds[kind] += clock() - t0
+            calls[kind] += 1
+            return result
+
+        return timed
+
+    def __enter__(self):
+        self.saved = vars(self.model.ops).copy()
+        for kind, func in self.saved.items():
+            setattr(self.model.ops, kind, self._wrap(kind, func))
+        return self
+
+    def __exit__(self, *exc):
+        vars(self.model.ops).update(self.saved)
+
+
+def profile_decode(model: Model, prompt_ids, steps: int, sampling: SamplingParams | None = None) -> dict:
+    """Per-kind seconds per decoded token over ``steps`` decode steps after an untimed prefill."""
+    sampling = sampling or SamplingParams()
+    rng = np.random.default_rng(0)
+    model.reset()
+    token = sample(model.prefill(np.asarray(prompt_ids, dtype=np.int32), 0), sampling, rng)
+    total = 0.0
+    with _Timed(model) as timed:
+        for pos in range(len(prompt_ids), len(prompt_ids) + steps):
+            t0 = time.perf_counter()
+            logits = model.decode(token, pos)
+            t1 = time.perf_counter()
+            token = sample(logits, sampling, rng)
+            t2 = time.perf_counter()
+            timed.seconds["sampling"] += t2 - t1
+            timed.calls["sampling"] += 1
+            total += t2 - t0
+    seconds = dict(timed.seconds)
+    seconds["python"] = total - sum(seconds.values())
+    return {
+        "decode_tokens": steps,
+        "s_per_token": total / steps,
+        "ops": {kind: {"s_per_token": seconds.get(kind, 0.0) / steps,
+                       "fraction": seconds.get(kind, 0.0) / total,
+                       "calls_per_token": timed.calls.get(kind, 0) / steps} for kind in KINDS},
+    }
+
+
+def render(profile: dict, title: str) -> str:
+    lines = [f"{title}: {profile['s_per_token'] * 1e3:.3f} ms per decode step over {profile['decode_tokens']} steps",
+             f"  {'op':<11} {'ms/token':>9} {'share':>7} {'calls/token':>12}"]
+    for kind, row in sorted(profile["ops"].items(), key=lambda kv: -kv[1]["s_per_token"]):
+        lines.append(f"  {kind:<11} {row['s_per_token'] * 1e3:>9.4f} {row['fraction']:>7.1%} "
+                     f"{row['calls_per_token']:>12.0f}")
+    return "\n".join(lines) + "\n"
