@@ -215,6 +215,29 @@ def _run_bench(args) -> int:
     return code
 
 
+def _add_regress(sub) -> None:
+    p = sub.add_parser("regress", help="fail when HEAD is slower than BASE (asv samples, per-config tolerance)",
+                       description="Compare two asv result files, or measure two commits (interleaved, into a "
+                                   "scratch directory) and compare them. Exit 1 on a regression, 0 when all hold.")
+    p.add_argument("base", metavar="BASE", help="asv result file (results/<machine>/<commit>-<env>.json) or a commit")
+    p.add_argument("head", metavar="HEAD", help="asv result file or a commit")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown (e.g. $GITHUB_STEP_SUMMARY)")
+    p.add_argument("--config", dest="configs", action="append", metavar="NAME",
+                   help="config to measure when given commits (repeatable; default: the routine CPU configs)")
+    p.add_argument("--rounds", type=int, metavar="N", help="asv rounds per commit (default: the suite's)")
+    p.add_argument("--alpha", type=float, default=0.01, metavar="P",
+                   help="significance level of the one-sided Mann-Whitney U test (default 0.01)")
+    p.add_argument("--machine", default="lumi-bench", metavar="NAME", help="asv machine name (default lumi-bench)")
+    p.add_argument("--work-dir", metavar="DIR", help="keep asv's scratch results there (default: a removed temp dir)")
+    p.set_defaults(run=_run_regress)
+
+
+def _run_regress(args) -> int:
+    from .bench import regress
+
+    return regress.run(args)
+
+
 class _Progress:
     """One status line on stderr: rewritten in place on a terminal, plain lines otherwise."""
 
@@ -234,6 +257,46 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="write any supported model as a Hugging Face directory (safetensors)",
+                       description="Read SRC (a llama2.c .bin, a Hugging Face directory, synthetic:PRESET...) and "
+                                   "write DST: config.json + model.safetensors (or shards and an index). "
+                                   "Interleaved-RoPE q/k rows are permuted to Hugging Face's half layout. "
+                                   "Tokenizer files beside SRC are copied.")
+    p.add_argument("src", metavar="SRC", help="checkpoint path, Hugging Face directory, or synthetic:PRESET[?seed=N]")
+    p.add_argument("dst", metavar="DST", help="output directory (must not exist, or be empty)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                   help="convert every tensor to this dtype (default: keep each tensor's stored dtype)")
+    p.add_argument("--shard-size", type=int, default=None, metavar="MB",
+                   help="split the weights into shards of at most MB megabytes (default: one file)")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from .formats import load_checkpoint
+    from .formats.hf import copy_tokenizer_files, write_hf_dir
+
+    dst = args.dst
+    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+        raise UsageError("DST", f"{dst} exists and is not an empty directory")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
+        raise UsageError("DST", f"no such directory for {dst}")
+    if args.shard_size is not None and args.shard_size <= 0:
+        raise UsageError("--shard-size", f"must be a positive number of megabytes, got {args.shard_size}")
+    config, weights = load_checkpoint(args.src)
+    try:
+        write_hf_dir(dst, config, weights, dtype=args.dtype,
+                     shard_bytes=None if args.shard_size is None else args.shard_size << 20)
+    except OSError as e:
+        raise UsageError("DST", f"cannot write {dst}: {e.strerror or e}") from None
+    copied = []
+    if not args.src.startswith("synthetic:"):
+        copied = copy_tokenizer_files(args.src if os.path.isdir(args.src) else os.path.dirname(args.src) or ".", dst)
+    print(f"wrote {dst} ({config.n_params()} parameters, {args.dtype or 'stored dtypes'}"
+          f"{', with ' + ', '.join(copied) if copied else ''})", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lumi", description="A Llama-family inference engine in NumPy, and its benchmark harness.")
     parser.add_argument("--version", action="version", version=f"lumi {__version__}")
@@ -242,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_info(sub)
     _add_bench(sub)
+    _add_convert(sub)
+    _add_regress(sub)
     return parser
 
 

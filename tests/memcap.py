@@ -20,14 +20,16 @@ _CHILD = textwrap.dedent("""
     import numpy as np
     import lumi
     from lumi.errors import LumiError
-    from lumi.formats import load_checkpoint
+    import importlib
     spec, file_bytes, margin = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    module, _, function = (sys.argv[4] if len(sys.argv) > 4 else "lumi.formats:load_checkpoint").partition(":")
+    load_checkpoint = getattr(importlib.import_module(module), function)
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
     cap = vm + file_bytes + margin
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     try:
-        config, weights = load_checkpoint(spec)
+        loaded = load_checkpoint(spec)  # noqa: F841 (kept alive until exit)
     except LumiError as e:
         print(e, file=sys.stderr)
         sys.exit(2)
@@ -38,14 +40,14 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def load_under_cap(spec: str) -> tuple[int, str]:
-    """(exit status, stderr) of ``load_checkpoint(spec)`` in a capped subprocess.
+def load_under_cap(spec: str, loader: str = "lumi.formats:load_checkpoint") -> tuple[int, str]:
+    """(exit status, stderr) of ``load_checkpoint(spec)`` (or ``loader``, "module:function") in a capped subprocess.
 
     2 with a one-line message: refused cleanly; 0: loaded; 3: MemoryError; anything else: a crash.
     """
     size = os.path.getsize(spec) if os.path.isfile(spec) else sum(
         os.path.getsize(os.path.join(spec, f)) for f in os.listdir(spec)) if os.path.isdir(spec) else 0
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, spec, str(size), str(MARGIN)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", _CHILD, spec, str(size), str(MARGIN), loader], capture_output=True,
                           text=True, timeout=120, env=env)
     return proc.returncode, proc.stderr.strip()

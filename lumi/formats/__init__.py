@@ -11,12 +11,13 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
+from .hf import is_hf, read_hf
 from .llama2c import is_llama2c, read_llama2c
 from .synthetic import is_synthetic, load_synthetic
 
 
 def load_checkpoint(spec: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    """Read a model: a llama2.c ``.bin`` file or ``synthetic:PRESET[?seed=N]``."""
+    """Read a model: a llama2.c ``.bin`` file, a Hugging Face directory (safetensors), or ``synthetic:PRESET[?seed=N]``."""
     spec = os.fspath(spec)
     if is_synthetic(spec):
         return load_synthetic(spec)
@@ -24,4 +25,7 @@ def load_checkpoint(spec: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.
         raise CheckpointError(spec, None, "no such file")
     if is_llama2c(spec):
         return read_llama2c(spec)
-    raise CheckpointError(spec, None, "unknown model format (expected a llama2.c .bin file or synthetic:PRESET)")
+    if is_hf(spec):
+        return read_hf(spec)
+    raise CheckpointError(spec, None, "unknown model format (expected a llama2.c .bin file, a Hugging Face model "
+                                      "directory or synthetic:PRESET)")
