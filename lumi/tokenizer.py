@@ -162,6 +162,10 @@ class Tokenizer(abc.ABC):
         """A fresh incremental decoder over this vocabulary."""
         return StreamDecoder(self._table)
 
+    @abc.abstractmethod
+    def piece_id(self, piece: str) -> int | None:
+        """The id of a piece spelled exactly so (e.g. ``"</s>"``, ``"<|eot_id|>"``), or None."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, vocab_size={self.vocab_size})"
 
@@ -195,6 +199,10 @@ class SentencePieceTokenizer(Tokenizer):
     def encode(self, text: str, bos: bool = True) -> list[int]:
         return self._sp.encode(text, add_bos=bos)
 
+    def piece_id(self, piece: str) -> int | None:
+        token = self._sp.piece_to_id(piece)
+        return token if self._sp.id_to_piece(token) == piece else None
+
 
 class Llama2cTokenizer(Tokenizer):
     """llama2.c's ``tokenizer.bin`` (layout in the module docstring), encoded like ``run.c``.
@@ -206,22 +214,79 @@ class Llama2cTokenizer(Tokenizer):
 
     def __init__(self, path: str | os.PathLike):
         pieces, scores = _read_llama2c(path)
-        byte_fallback = _check_byte_pieces(path, pieces)
-        first_text = FIRST_BYTE_ID + 256 if byte_fallback else FIRST_BYTE_ID
-        kinds = [PieceKind.UNKNOWN, PieceKind.CONTROL, PieceKind.CONTROL]
-        kinds += [PieceKind.BYTE] * (first_text - FIRST_BYTE_ID)
-        kinds += [PieceKind.NORMAL] * (len(pieces) - first_text)
-        super().__init__(path, DecodeTable(kinds, pieces), BOS_ID, EOS_ID)
+        self._setup(path, pieces, scores, _llama2c_kinds(path, pieces), BOS_ID, EOS_ID)
 
-        self._byte_fallback = byte_fallback
+    @classmethod
+    def from_pieces(
+        cls,
+        path: str | os.PathLike,
+        pieces: Sequence[bytes],
+        scores: Sequence[float],
+        kinds: Sequence[PieceKind] | None = None,
+        bos_id: int = BOS_ID,
+        eos_id: int = EOS_ID,
+    ) -> Llama2cTokenizer:
+        """A vocabulary held in memory (e.g. a GGUF file's tokenizer metadata), encoded like ``run.c``.
+
+        ``pieces`` are UTF-8 bytes with sentencepiece's '▁' already written as
+        ' ', and byte pieces spelled ``<0xHH>``. Without ``kinds`` the pieces
+        follow tokenizer.bin's fixed layout (ids 0..2 special, then 256 byte
+        pieces if piece 3 is ``<0x00>``). With ``kinds``, only NORMAL pieces
+        are matched and merged, the UNKNOWN piece (else id 0) stands for
+        unencodable characters, and byte fallback is on when BYTE pieces exist
+        (then all 256 must). ``path`` names the source in errors.
+        """
+        if len(scores) != len(pieces):
+            raise CheckpointError(path, "scores", f"has {len(scores)} entries for {len(pieces)} pieces")
+        if kinds is None:
+            if len(pieces) < FIRST_BYTE_ID:
+                raise CheckpointError(
+                    path, "pieces", f"holds {len(pieces)} pieces; a vocabulary starts with <unk>, <s>, </s>"
+                )
+            kinds = _llama2c_kinds(path, pieces)
+        elif len(kinds) != len(pieces):
+            raise CheckpointError(path, "kinds", f"has {len(kinds)} entries for {len(pieces)} pieces")
+        for name, token in (("bos_id", bos_id), ("eos_id", eos_id)):
+            if not 0 <= token < len(pieces):
+                raise CheckpointError(path, name, f"must be in 0..{len(pieces) - 1}, got {token}")
+        self = cls.__new__(cls)
+        self._setup(path, list(pieces), [float(s) for s in scores], list(kinds), bos_id, eos_id)
+        return self
+
+    def _setup(self, path, pieces: list[bytes], scores: list[float], kinds: list[PieceKind], bos_id: int,
+               eos_id: int) -> None:
+        """What both constructors share: the decode table, merge scores, text and byte lookups."""
+        byte_ids: dict[int, int] = {}
+        for i, (kind, piece) in enumerate(zip(kinds, pieces)):
+            if kind is PieceKind.BYTE:
+                if len(piece) != 6 or not (piece.startswith(b"<0x") and piece.endswith(b">")):
+                    raise CheckpointError(path, f"piece[{i}]", f"a byte piece must be <0xHH>, got {piece!r}")
+                try:
+                    byte = int(piece[3:5], 16)
+                except ValueError:
+                    raise CheckpointError(path, f"piece[{i}]", f"a byte piece must be <0xHH>, got {piece!r}") from None
+                byte_ids.setdefault(byte, i)
+        if byte_ids and len(byte_ids) != 256:
+            raise CheckpointError(path, "pieces", f"byte fallback needs all 256 byte pieces, found {len(byte_ids)}")
+        super().__init__(path, DecodeTable(kinds, pieces), bos_id, eos_id)
+
+        self._byte_ids = [byte_ids[b] for b in range(256)] if byte_ids else None  # byte fallback when set
+        self._unk_id = next((i for i, kind in enumerate(kinds) if kind is PieceKind.UNKNOWN), UNK_ID)
         self._scores = scores  # id -> merge score
         # Text piece -> id, for code-point lookup and merges. Unlike run.c,
         # special and byte pieces are left out (as in sentencepiece), so literal
         # text such as "<s>" or "<0x41>" never becomes a control or byte id.
         # A duplicated piece keeps its lowest id.
         self._ids: dict[bytes, int] = {}
-        for i in range(first_text, len(pieces)):
-            self._ids.setdefault(pieces[i], i)
+        for i, (kind, piece) in enumerate(zip(kinds, pieces)):
+            if kind is PieceKind.NORMAL:
+                self._ids.setdefault(piece, i)
+        self._all_ids: dict[bytes, int] = {}  # every piece, specials included, for piece_id
+        for i, piece in enumerate(pieces):
+            self._all_ids.setdefault(piece, i)
+
+    def piece_id(self, piece: str) -> int | None:
+        return self._all_ids.get(piece.replace(SPACE, " ").encode())
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
         ids = [self.bos_id] if bos else []
@@ -235,10 +300,10 @@ class Llama2cTokenizer(Tokenizer):
             utf8 = char.encode()
             if utf8 in self._ids:
                 symbols.append(utf8)
-            elif self._byte_fallback:
-                symbols.extend(FIRST_BYTE_ID + byte for byte in utf8)
+            elif self._byte_ids is not None:
+                symbols.extend(self._byte_ids[byte] for byte in utf8)
             else:
-                symbols.append(UNK_ID)
+                symbols.append(self._unk_id)
         return ids + self._merge(symbols)
 
     def _merge(self, symbols: list[bytes | int]) -> list[int]:
@@ -286,7 +351,7 @@ class Llama2cTokenizer(Tokenizer):
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Loads ``path`` by its suffix: ``.model`` (sentencepiece) or ``.bin`` (llama2.c).
+    """Loads ``path`` by its suffix: ``.model`` (sentencepiece), ``.bin`` (llama2.c) or ``.gguf`` (its metadata).
 
     Raises:
         CheckpointError: the file is missing, has another suffix, or is malformed.
@@ -294,13 +359,19 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, None, "no such file")
-    loaders = {".model": SentencePieceTokenizer, ".bin": Llama2cTokenizer}
+    loaders = {".model": SentencePieceTokenizer, ".bin": Llama2cTokenizer, ".gguf": _read_gguf_tokenizer}
     loader = loaders.get(path.suffix.lower())
     if loader is None:
         raise CheckpointError(
             path, None, "unknown tokenizer format: expected a sentencepiece .model or a llama2.c .bin file"
         )
     return loader(path)
+
+
+def _read_gguf_tokenizer(path, required: bool = True):
+    from .formats.gguf import read_gguf_tokenizer  # here, not at the top: formats imports this module's neighbours
+
+    return read_gguf_tokenizer(path, required)
 
 
 def find_tokenizer(model_path: str | os.PathLike, vocab_size: int) -> tuple[Tokenizer | None, str | None]:
@@ -317,6 +388,17 @@ def find_tokenizer(model_path: str | os.PathLike, vocab_size: int) -> tuple[Toke
     model_path = Path(model_path)
     folder = model_path if model_path.is_dir() else model_path.parent
     problems = []
+    if model_path.is_file() and model_path.suffix.lower() == ".gguf":  # the checkpoint's own vocabulary first
+        try:
+            tokenizer = _read_gguf_tokenizer(model_path, required=False)  # None: no tokenizer metadata
+        except CheckpointError as error:
+            tokenizer = None
+            problems.append(f"ignoring the vocabulary in {error}")
+        if tokenizer is not None and tokenizer.vocab_size == vocab_size:
+            return tokenizer, None
+        if tokenizer is not None:
+            problems.append(f"ignoring the vocabulary in {model_path}: {tokenizer.vocab_size} pieces, "
+                            f"the model {vocab_size}")
     for name in TOKENIZER_NAMES:
         path = folder / name
         if not path.is_file():
@@ -396,6 +478,15 @@ def _read_llama2c(path: str | os.PathLike) -> tuple[list[bytes], list[float]]:
             path, "pieces", f"the file holds {len(pieces)} pieces; a vocabulary starts with <unk>, <s>, </s>"
         )
     return pieces, scores
+
+
+def _llama2c_kinds(path: str | os.PathLike, pieces: Sequence[bytes]) -> list[PieceKind]:
+    """tokenizer.bin's fixed layout: <unk>, <s>, </s>, then 256 byte pieces when piece 3 is <0x00>, then text."""
+    first_text = FIRST_BYTE_ID + 256 if _check_byte_pieces(path, pieces) else FIRST_BYTE_ID
+    kinds = [PieceKind.UNKNOWN, PieceKind.CONTROL, PieceKind.CONTROL]
+    kinds += [PieceKind.BYTE] * (first_text - FIRST_BYTE_ID)
+    kinds += [PieceKind.NORMAL] * (len(pieces) - first_text)
+    return kinds
 
 
 def _check_byte_pieces(path: str | os.PathLike, pieces: Sequence[bytes]) -> bool:

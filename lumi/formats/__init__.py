@@ -11,21 +11,24 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
+from .gguf import is_gguf, read_gguf
 from .hf import is_hf, read_hf
 from .llama2c import is_llama2c, read_llama2c
 from .synthetic import is_synthetic, load_synthetic
 
 
 def load_checkpoint(spec: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    """Read a model: a llama2.c ``.bin`` file, a Hugging Face directory (safetensors), or ``synthetic:PRESET[?seed=N]``."""
+    """Read a model: GGUF, a llama2.c ``.bin``, a Hugging Face directory (safetensors), or ``synthetic:PRESET[?seed=N]``."""
     spec = os.fspath(spec)
     if is_synthetic(spec):
         return load_synthetic(spec)
     if not os.path.exists(spec):
         raise CheckpointError(spec, None, "no such file")
+    if is_gguf(spec):  # before llama2.c: it sniffs the magic, so a GGUF named *.bin still reads as GGUF
+        return read_gguf(spec)
     if is_llama2c(spec):
         return read_llama2c(spec)
     if is_hf(spec):
         return read_hf(spec)
-    raise CheckpointError(spec, None, "unknown model format (expected a llama2.c .bin file, a Hugging Face model "
-                                      "directory or synthetic:PRESET)")
+    raise CheckpointError(spec, None, "unknown model format (expected a GGUF file, a llama2.c .bin file, a Hugging "
+                                      "Face model directory or synthetic:PRESET)")
