@@ -140,6 +140,68 @@ def _run_generate(args) -> int:
     return EXIT_INTERRUPTED if interrupted else 0
 
 
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="chat with a model, keeping the KV cache across turns",
+                       description="Interactive chat: one user turn per line on stdin (EOF ends the chat).")
+    p.add_argument("model", metavar="MODEL", help="checkpoint path, or synthetic:PRESET[?seed=N]")
+    p.add_argument("--template", required=True, choices=sorted(TEMPLATE_NAMES),
+                   help="chat format: llama2 (Llama 2 chat), llama3 (Llama 3 instruct), tinyllama (TinyLlama chat), "
+                        "chatml (Qwen2 instruct)")
+    p.add_argument("--tokenizer", metavar="PATH", help="default: the one beside the checkpoint")
+    p.add_argument("--system", metavar="TEXT", help="system prompt")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=512, metavar="N", help="longest reply (default 512)")
+    p.add_argument("--max-seq-len", type=int, metavar="N", help="cap the context (and the KV cache)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help="weight storage")
+    p.add_argument("--temperature", type=float, default=0.7, metavar="T", help="default 0.7; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.9, metavar="P", help="default 0.9")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="default 0: off")
+    p.add_argument("--seed", type=int, default=None, metavar="S")
+    p.set_defaults(run=_run_chat)
+
+
+TEMPLATE_NAMES = ("llama2", "llama3", "tinyllama", "chatml")
+
+
+def _run_chat(args) -> int:
+    from . import load_model
+    from .chat import TEMPLATES, ChatSession
+    from .sampler import SamplingParams
+
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    model = load_model(args.model, max_seq_len=args.max_seq_len, dtype=args.dtype)
+    tokenizer = _resolve_tokenizer(args, model)
+    if tokenizer is None:
+        raise UsageError("--tokenizer", "chat needs a tokenizer matching the model's vocabulary")
+    session = ChatSession(model, tokenizer, TEMPLATES[args.template], system=args.system, sampling=sampling,
+                          seed=args.seed, max_new_tokens=args.max_new_tokens)
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            break
+        if not line:
+            break
+        if not line.strip():
+            continue
+        turn = session.reply(line.rstrip("\n"))
+        stream = tokenizer.stream()
+        try:
+            for token in turn:
+                if token not in session.stop_ids:
+                    sys.stdout.write(stream.push(token))
+                    sys.stdout.flush()
+        except KeyboardInterrupt:  # stops this reply; the chat goes on
+            pass
+        sys.stdout.write(stream.flush() + "\n")
+        sys.stdout.flush()
+        print(f"[{turn.stats.summary()}; context {session.position}/{model.max_seq_len}]", file=sys.stderr)
+    return 0
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="describe a model: architecture, parameters, bytes, memory a run needs",
                        description="Describe a checkpoint or synthetic:PRESET without running it.")
@@ -303,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _add_generate(sub)
+    _add_chat(sub)
     _add_info(sub)
     _add_bench(sub)
     _add_convert(sub)
