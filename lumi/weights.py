@@ -75,14 +75,23 @@ def quantize_q8(w: np.ndarray) -> BlockQ8:
     """Round a float matrix (out, in) to int8 blocks with absmax scales (GGUF Q8_0's rule).
 
     Blocks of QK along the input axis, or one block per row when in % QK != 0.
+    Works through the rows 1 MiB at a time, so no temporary is near the
+    matrix's size (freed heap would stay in the process's resident set).
     """
     rows, cols = w.shape
     n_blocks = cols // QK if cols % QK == 0 else 1
-    blocks = np.asarray(w, dtype=np.float32).reshape(rows, n_blocks, -1)
-    scales = np.abs(blocks).max(axis=-1) / np.float32(127)  # (out, in/QK)
-    inverse = np.divide(np.float32(1), scales, out=np.zeros_like(scales), where=scales > 0)
-    q = np.rint(blocks * inverse[:, :, None]).astype(np.int8)
-    return BlockQ8(q.reshape(rows, cols), scales.astype(np.float32))
+    q = np.empty((rows, cols), dtype=np.int8)
+    scales = np.empty((rows, n_blocks), dtype=np.float32)
+    step = max(1, (1 << 20) // (4 * cols))
+    for r0 in range(0, rows, step):
+        r1 = min(r0 + step, rows)
+        blocks = np.array(w[r0:r1], dtype=np.float32).reshape(r1 - r0, n_blocks, -1)  # a copy: rounded in place
+        scale = np.abs(blocks).max(axis=-1) / np.float32(127)  # (rows, n_blocks)
+        inverse = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
+        np.rint(blocks * inverse[:, :, None], out=blocks)
+        q[r0:r1] = blocks.reshape(r1 - r0, cols)
+        scales[r0:r1] = scale
+    return BlockQ8(q, scales)
 
 
 def to_float32(w) -> np.ndarray:
