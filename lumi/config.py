@@ -27,6 +27,9 @@ class ModelConfig:
     # "interleaved": rotate pairs (x[2i], x[2i+1]) as Meta's and llama2.c's code do;
     # "half": rotate (x[i], x[i + d/2]) as Hugging Face's rotate_half does.
     rope_layout: str = "half"
+    # Llama 3.1's RoPE frequency scaling: (factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings), or None for plain RoPE.
+    rope_scaling: tuple[float, float, float, int] | None = None
     attention_bias: bool = False  # q/k/v projections carry a bias (Qwen2)
     tie_embeddings: bool = False  # the classifier is the token-embedding table
     bos_id: int = 1
@@ -47,6 +50,11 @@ class ModelConfig:
             raise ValueError(f"rope_layout must be one of {ROPE_LAYOUTS}, got {self.rope_layout!r}")
         if not self.norm_eps > 0 or not self.rope_theta > 0:
             raise ValueError("norm_eps and rope_theta must be positive")
+        if self.rope_scaling is not None:
+            factor, low, high, original = self.rope_scaling
+            if not (factor >= 1 and 0 < low < high and original > 0):
+                raise ValueError(f"rope_scaling needs factor >= 1, 0 < low_freq_factor < high_freq_factor and "
+                                 f"original_max_position_embeddings > 0, got {self.rope_scaling}")
 
     @property
     def head_dim(self) -> int:

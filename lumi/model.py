@@ -49,9 +49,19 @@ def rmsnorm(x, w, eps, xp):
     return x * (1 / xp.sqrt(ms + eps)) * w
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float, xp):
-    """cos and sin of pos * theta^(-2i/hd), each (max_seq_len, hd/2), float32. [RoFormer, eq. 15]"""
+def rope_tables(head_dim: int, max_seq_len: int, theta: float, xp, scaling=None):
+    """cos and sin of pos * theta^(-2i/hd), each (max_seq_len, hd/2), float32. [RoFormer, eq. 15]
+
+    ``scaling`` = (factor, low_freq_factor, high_freq_factor, original_context): Llama 3.1's
+    rule: wavelengths longer than original/low are slowed by ``factor``, those shorter
+    than original/high kept, and the band between interpolated smoothly.
+    """
     inv_freq = F32(theta) ** -(xp.arange(0, head_dim, 2, dtype=F32) / F32(head_dim))  # (hd/2,)
+    if scaling is not None:
+        factor, low, high, original = (F32(v) for v in scaling)
+        wavelen = F32(2 * math.pi) / inv_freq
+        smooth = xp.clip((original / wavelen - low) / (high - low), F32(0), F32(1))  # 0: long waves, 1: short
+        inv_freq = (F32(1) - smooth) * inv_freq / factor + smooth * inv_freq
     angles = xp.arange(max_seq_len, dtype=F32)[:, None] * inv_freq[None, :]  # (S, hd/2)
     return xp.cos(angles), xp.sin(angles)
 
@@ -212,7 +222,7 @@ class Model:
         self.output = self.tok_embeddings if c.tie_embeddings else _matrix(xp, dtype, w["output"])  # (V, d)
         self.eps = F32(c.norm_eps)
         self.ops = SimpleNamespace(**OPS)
-        self.cos, self.sin = rope_tables(c.head_dim, max_seq_len, c.rope_theta, xp)
+        self.cos, self.sin = rope_tables(c.head_dim, max_seq_len, c.rope_theta, xp, c.rope_scaling)
         self.reset()
 
     def reset(self):

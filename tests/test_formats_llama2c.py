@@ -120,3 +120,22 @@ def test_missing_and_unknown_files(tmp_path):
     (tmp_path / "dir.bin").mkdir()
     with pytest.raises(CheckpointError, match="directory"):
         load_checkpoint(tmp_path / "dir.bin")
+
+
+def test_non_finite_norm_weights_warn_naming_the_tensor(tmp_path):
+    import warnings
+
+    from lumi.formats._io import NonFiniteWeightWarning
+
+    weights = synthetic_weights(SMALL)
+    weights["layers.2.ffn_norm"] = weights["layers.2.ffn_norm"].copy()
+    weights["layers.2.ffn_norm"][5] = np.nan
+    path = tmp_path / "nan.bin"
+    write_llama2c(path, SMALL, weights)
+    with pytest.warns(NonFiniteWeightWarning, match=r"nan\.bin: layers\.2\.ffn_norm: holds NaN or Inf"):
+        load_checkpoint(path)
+    clean = tmp_path / "clean.bin"
+    write_llama2c(clean, SMALL, synthetic_weights(SMALL))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_checkpoint(clean)  # no warning for a clean file

@@ -379,9 +379,11 @@ HF_MALFORMED = {
     "unknown architecture": (lambda d: _edit_json(d / "config.json", architectures=["MambaForCausalLM"]),
                              "config.json", "architectures: ['MambaForCausalLM'] is not supported"),
     "auto_map present, unknown arch: no execution": (_auto_map, "config.json", "auto_map / custom code is never run"),
-    "llama3 rope_scaling": (lambda d: _edit_json(d / "config.json", rope_scaling={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192}), "config.json", "rope_scaling: rope_type 'llama3' is not supported yet"),
+    "yarn rope_scaling": (lambda d: _edit_json(d / "config.json", rope_scaling={"rope_type": "yarn", "factor": 4.0}),
+                          "config.json", "rope_scaling: rope_type 'yarn' is not supported yet"),
+    "llama3 rope_scaling without its factor": (lambda d: _edit_json(d / "config.json", rope_scaling={
+        "rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}), "config.json", "rope_scaling.factor: must be a positive number"),
     "required key missing": (lambda d: _edit_json(d / "config.json", hidden_size=None), "config.json",
                              "hidden_size: missing"),
     "huge layer count": (lambda d: _edit_json(d / "config.json", num_hidden_layers=1 << 40), "config.json",
@@ -452,7 +454,7 @@ def _torch_greedy(model, prompt, n):
     return ids[len(prompt):], logits
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "llama3-scaled"])
 def test_matches_transformers(tmp_path, arch):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
@@ -460,7 +462,10 @@ def test_matches_transformers(tmp_path, arch):
     kwargs = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=8,
                   num_key_value_heads=2, vocab_size=320, max_position_embeddings=128, rope_theta=50000.0,
                   rms_norm_eps=1e-5, tie_word_embeddings=arch == "qwen2", bos_token_id=1, eos_token_id=2)
-    if arch == "llama":
+    if arch == "llama3-scaled":  # Llama 3.1's RoPE scaling, with a short original context so it bites
+        kwargs["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    if arch != "qwen2":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
     else:
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kwargs))
@@ -471,6 +476,7 @@ def test_matches_transformers(tmp_path, arch):
     model.save_pretrained(tmp_path / "hf", safe_serialization=True)
     config, weights = read_hf(tmp_path / "hf")
     assert config.attention_bias == (arch == "qwen2") and config.n_kv_heads == 2 and config.rope_theta == 50000.0
+    assert (config.rope_scaling is not None) == (arch == "llama3-scaled")
     prompt = [1, 7, 99, 250, 31]
     expected_ids, expected_logits = _torch_greedy(model, prompt, 24)
     lumi_model = Model(config, {k: to_float32(v) for k, v in weights.items()})

@@ -16,6 +16,23 @@ import numpy as np
 from ..errors import CheckpointError
 
 
+class NonFiniteWeightWarning(UserWarning):
+    """A norm or bias in a checkpoint holds NaN or Inf."""
+
+
+def warn_non_finite(weights: dict, where, display=lambda name: name) -> None:
+    """Warn, naming the file and tensor, for each 1-D weight (norm, bias) holding NaN or Inf.
+
+    Only the vectors: scanning every matrix would read the whole checkpoint at load.
+    ``where(name)`` gives the file a tensor came from, ``display(name)`` its name there.
+    """
+    import warnings
+
+    for name, a in weights.items():
+        if getattr(a, "ndim", 2) == 1 and not np.isfinite(np.asarray(a, dtype=np.float32)).all():
+            warnings.warn(f"{where(name)}: {display(name)}: holds NaN or Inf", NonFiniteWeightWarning, stacklevel=4)
+
+
 class MappedFile:
     """A file mapped read-only; ``array`` and ``unpack`` hand out checked views."""
 

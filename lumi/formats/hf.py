@@ -25,14 +25,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 
 import numpy as np
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, UsageError
 from ..weights import BF16, STORAGE_DTYPES, BlockQ8, to_float32
-from ._io import MappedFile
+from ._io import NonFiniteWeightWarning, MappedFile, warn_non_finite  # noqa: F401 (re-exported)
 from .safetensors import read_header, write_tensors
 
 CONFIG = "config.json"
@@ -49,9 +48,6 @@ _IGNORED_SUFFIXES = (".self_attn.rotary_emb.inv_freq",)
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.bin", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json")
 
-
-class NonFiniteWeightWarning(UserWarning):
-    """A norm or bias in a checkpoint holds NaN or Inf."""
 
 
 # canonical suffix (within a layer) -> Hugging Face name (within model.layers.N.)
@@ -132,16 +128,29 @@ def _token_ids(path, key: str, value, vocab: int) -> list[int]:
     return values
 
 
-def _check_rope(path, key: str, value) -> None:
-    """rope_scaling / rope_parameters: only plain RoPE is computed; anything else is refused by name."""
+def _check_rope(path, key: str, value) -> tuple[float, float, float, int] | None:
+    """rope_scaling / rope_parameters: plain RoPE (None) or Llama 3's scaling; anything else is refused by name."""
     if value is None:
-        return
+        return None
     if not isinstance(value, dict):
         raise CheckpointError(path, key, f"must be an object or null, got {value!r}")
     kind = value.get("rope_type", value.get("type", "default"))
-    if kind != "default":
+    if kind == "default":
+        return None
+    if kind != "llama3":
         raise CheckpointError(path, key, f"rope_type {kind!r} is not supported yet "
-                                         f"(lumi computes plain RoPE only, and would give wrong answers)")
+                                         f"(lumi computes plain and llama3 RoPE only, and would give wrong answers)")
+    fields = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    values = []
+    for field in fields:
+        v = value.get(field)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v <= 0:
+            raise CheckpointError(path, f"{key}.{field}", f"must be a positive number, got {v!r}")
+        values.append(v)
+    if not (values[0] >= 1 and values[1] < values[2]) or values[3] != int(values[3]):
+        raise CheckpointError(path, key, f"needs factor >= 1, low_freq_factor < high_freq_factor and an integer "
+                                         f"original_max_position_embeddings, got {value!r}")
+    return (float(values[0]), float(values[1]), float(values[2]), int(values[3]))
 
 
 def config_from_hf(cfg: dict, path: str, generation: dict | None = None) -> ModelConfig:
@@ -156,9 +165,9 @@ def config_from_hf(cfg: dict, path: str, generation: dict | None = None) -> Mode
     arch = archs[0]
     if cfg.get("hidden_act", "silu") != "silu":
         raise CheckpointError(path, "hidden_act", f"{cfg['hidden_act']!r} is not supported (lumi computes SwiGLU with silu)")
-    _check_rope(path, "rope_scaling", cfg.get("rope_scaling"))
-    rope_parameters = cfg.get("rope_parameters")  # transformers >= 5 moves rope_theta here
-    _check_rope(path, "rope_parameters", rope_parameters)
+    rope_parameters = cfg.get("rope_parameters")  # transformers >= 5 moves rope_theta (and the scaling) here
+    rope_scaling = _check_rope(path, "rope_scaling", cfg.get("rope_scaling")) or \
+        _check_rope(path, "rope_parameters", rope_parameters)
     if arch == "LlamaForCausalLM":
         if cfg.get("attention_bias", False) is not False:
             raise CheckpointError(path, "attention_bias", "Llama's attention_bias also biases o_proj, "
@@ -202,6 +211,7 @@ def config_from_hf(cfg: dict, path: str, generation: dict | None = None) -> Mode
             dim=dim, hidden_dim=_int(path, cfg, "intermediate_size"), n_layers=_int(path, cfg, "num_hidden_layers"),
             n_heads=n_heads, n_kv_heads=n_kv, vocab_size=vocab, max_seq_len=_int(path, cfg, "max_position_embeddings"),
             norm_eps=_float(path, cfg, "rms_norm_eps", 1e-6), rope_theta=rope_theta, rope_layout="half",
+            rope_scaling=rope_scaling,
             attention_bias=bias, tie_embeddings=tie, bos_id=bos_id, stop_ids=tuple(stop) if stop else (2,))
     except ValueError as e:
         raise CheckpointError(path, None, str(e)) from None
@@ -223,7 +233,9 @@ def config_to_hf(config: ModelConfig, torch_dtype: str) -> dict:
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
-        "rope_scaling": None,
+        "rope_scaling": None if config.rope_scaling is None else dict(
+            zip(("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                config.rope_scaling), rope_type="llama3"),
         "hidden_act": "silu",
         "tie_word_embeddings": config.tie_embeddings,
         "bos_token_id": config.bos_id,
@@ -248,12 +260,6 @@ def _shard_name(index_path: str, name: str, value) -> str:
         raise CheckpointError(index_path, f"weight_map[{name!r}]",
                               f"must name a .safetensors file in the same directory, got {value!r}")
     return value
-
-
-def _scan_small(config: ModelConfig, weights: dict, where: dict) -> None:
-    for name, a in weights.items():
-        if a.ndim == 1 and not np.isfinite(to_float32(a)).all():
-            warnings.warn(f"{where[name]}: {hf_name(name)}: holds NaN or Inf", NonFiniteWeightWarning, stacklevel=3)
 
 
 def read_hf(spec: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.ndarray]]:
@@ -334,7 +340,7 @@ def read_hf(spec: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.ndarray]
             continue
         raise CheckpointError(where[name], name, "unexpected tensor for this architecture (a variant lumi does not "
                                                  "model, or a config that disagrees with the weights)")
-    _scan_small(config, weights, {c: where[hf_name(c)] for c in weights})
+    warn_non_finite(weights, lambda c: where[hf_name(c)], hf_name)
     return config, weights
 
 
