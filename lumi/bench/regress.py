@@ -1,0 +1,442 @@
+"""``lumi regress BASE HEAD``: is HEAD slower than BASE, beyond each config's tolerance and beyond noise?
+
+BASE and HEAD are either two asv result files (``results/<machine>/<commit>-<env>.json``,
+written with ``--record-samples``), whose stored samples are compared, or two commits
+(anything ``git rev-parse`` accepts), which are measured here first: one ``asv run`` over
+both commits with ``--interleave-rounds`` (as ``asv continuous`` does, so a drift of the
+machine hits both sides alike), into a scratch results directory through a temporary copy
+of ``asv.conf.json``; the committed ``results/`` is never touched.
+
+Per config and metric (decode and prefill sec/token) the verdict is "regressed" when the
+head's median is slower than the base's by more than the config's ``tolerance`` (its
+YAML) AND a one-sided Mann-Whitney U test on the raw samples says head's samples are
+larger with p < alpha. A benchmark that ran in base but failed in head is "failed".
+Either makes the exit status 1; all holding is 0; bad input (a missing or malformed
+file, an unknown commit, nothing in common) is a one-line error and status 2.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LumiError
+
+# asv benchmark name -> the metric's label; both are seconds per token (larger is worse)
+METRICS = {
+    "benchmarks.Decode.time_decode_s_per_token": "decode s/token",
+    "benchmarks.Prefill.time_prefill_s_per_token": "prefill s/token",
+}
+# The configs a routine regression check measures: small, CPU, seconds each.
+ROUTINE_CONFIGS = ("default", "stories15M-fp32", "stories110M-fp32", "stories260K-fp32")
+DEFAULT_TOLERANCE = 0.10
+DEFAULT_ALPHA = 0.01
+MACHINE = "lumi-bench"
+SUITE_ROUNDS = 6  # benchmarks/benchmarks.py: _Suite.rounds
+
+
+# ---------------------------------------------------------------------------------------
+# Mann-Whitney U
+
+
+def _u_counts(m: int, n: int) -> list[int]:
+    """counts[u] = number of orderings of m head and n base values (no ties) with U = u.
+
+    U counts the (head, base) pairs where head is larger. The largest value overall is
+    either a head value (it beats all n base values) or a base value (it beats none):
+    c(m, n, u) = c(m - 1, n, u - n) + c(m, n - 1, u).
+    """
+    prev_row = [[1] for _ in range(n + 1)]  # m = 0: U = 0 whatever n
+    for i in range(1, m + 1):
+        row = [[1]]  # n = 0
+        for j in range(1, n + 1):
+            size = i * j + 1
+            counts = [0] * size
+            for u, c in enumerate(prev_row[j]):  # largest is a head value: +j
+                counts[u + j] += c
+            for u, c in enumerate(row[j - 1]):  # largest is a base value: +0
+                counts[u] += c
+            row.append(counts)
+        prev_row = row
+    return prev_row[n]
+
+
+def mann_whitney_greater(head, base) -> tuple[float, float]:
+    """(U, p): one-sided Mann-Whitney U test that ``head`` values tend to be larger than ``base``.
+
+    U = #(h > b) + #(h == b) / 2. The p-value is exact (the distribution counted without
+    ties, with U rounded down: conservative when there are ties) for up to 50 samples a
+    side, else the normal approximation with tie correction and continuity correction.
+    """
+    head = [float(x) for x in head if not math.isnan(x)]
+    base = [float(x) for x in base if not math.isnan(x)]
+    m, n = len(head), len(base)
+    if not m or not n:
+        raise ValueError("Mann-Whitney U needs at least one sample on each side")
+    u = sum(1.0 if h > b else 0.5 if h == b else 0.0 for h in head for b in base)
+    if m <= 50 and n <= 50:
+        counts = _u_counts(m, n)
+        return u, sum(counts[math.floor(u):]) / math.comb(m + n, m)
+    values = sorted(head + base)
+    ties = sum(k ** 3 - k for k in (len(list(g)) for _, g in itertools.groupby(values)))
+    N = m + n
+    var = m * n / 12 * ((N + 1) - ties / (N * (N - 1)))
+    if var <= 0:
+        return u, 1.0
+    z = (u - m * n / 2 - 0.5) / math.sqrt(var)
+    return u, 0.5 * math.erfc(z / math.sqrt(2))
+
+
+# ---------------------------------------------------------------------------------------
+# asv result files
+
+
+@dataclass
+class Entry:
+    """One benchmark x config of one result file."""
+
+    status: str  # "ok" | "skipped" | "failed"
+    value: float | None = None
+    samples: list[float] | None = None
+    version: str | None = None
+
+
+@dataclass
+class ResultFile:
+    path: str
+    commit: str
+    entries: dict[tuple[str, str], Entry] = field(default_factory=dict)  # (benchmark, config)
+
+    @property
+    def label(self) -> str:
+        return self.commit[:8] if self.commit else os.path.basename(self.path)
+
+
+def _param_value(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_result_file(path) -> ResultFile:
+    """Read an asv (0.6, format version 2) result file; LumiError naming the file on anything else."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise LumiError(f"{path}: no such result file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LumiError(f"{path}: not an asv result file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict) \
+            or not isinstance(data.get("result_columns"), list):
+        raise LumiError(f"{path}: not an asv result file (no 'results' and 'result_columns')")
+    columns = data["result_columns"]
+    out = ResultFile(path, str(data.get("commit_hash") or ""))
+    for bench, row in data["results"].items():
+        if bench not in METRICS:
+            continue
+        if not isinstance(row, list):
+            raise LumiError(f"{path}: results.{bench}: expected a list of columns")
+        col = dict(zip(columns, row))
+        values = col.get("result")
+        params = col.get("params") or []
+        samples = col.get("samples")
+        if not isinstance(values, list):
+            values = [values]
+        combos = list(itertools.product(*params)) if params else [()]
+        if len(combos) != len(values):
+            raise LumiError(f"{path}: results.{bench}: {len(values)} results for {len(combos)} parameter sets")
+        for i, (combo, value) in enumerate(zip(combos, values)):
+            config = ", ".join(str(_param_value(p)) for p in combo) or "-"
+            if value is None:
+                entry = Entry("failed")
+            elif isinstance(value, float) and math.isnan(value):
+                entry = Entry("skipped")
+            else:
+                s = samples[i] if isinstance(samples, list) and i < len(samples) else None
+                entry = Entry("ok", float(value), [float(x) for x in s] if s else None, col.get("version"))
+            out.entries[(bench, config)] = entry
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# comparison
+
+
+@dataclass
+class Row:
+    config: str
+    metric: str
+    base: float | None
+    head: float | None
+    ratio: float | None
+    tolerance: float
+    p: float | None
+    verdict: str  # ok | faster | slower (noise) | REGRESSED | FAILED | new | missing in head
+
+    @property
+    def bad(self) -> bool:
+        return self.verdict in ("REGRESSED", "FAILED")
+
+
+def config_tolerance(name: str) -> float:
+    """The config's ``tolerance`` from its YAML (the shipped configs), else the default."""
+    from .config import CONFIG_DIR, load_config
+
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        return DEFAULT_TOLERANCE
+    try:
+        return load_config(path).tolerance
+    except LumiError:
+        return DEFAULT_TOLERANCE
+
+
+def compare(base: ResultFile, head: ResultFile, alpha: float = DEFAULT_ALPHA, tolerance=config_tolerance) -> list[Row]:
+    """One row per config and metric measured on at least one side; LumiError when nothing is in common."""
+    keys = sorted(set(base.entries) | set(head.entries), key=lambda k: (k[1], list(METRICS).index(k[0])))
+    rows, common = [], 0
+    for bench, config in keys:
+        b = base.entries.get((bench, config), Entry("skipped"))
+        h = head.entries.get((bench, config), Entry("skipped"))
+        if b.status == "skipped" and h.status == "skipped":
+            continue
+        tol = tolerance(config)
+        row = Row(config, METRICS[bench], b.value, h.value, None, tol, None, "")
+        if h.status == "failed":
+            row.verdict = "FAILED"
+        elif b.status != "ok":
+            row.verdict = "new" if h.status == "ok" else b.status
+        elif h.status != "ok":
+            row.verdict = "missing in head"
+        else:
+            common += 1
+            if not b.samples or not h.samples:
+                which = base if not b.samples else head
+                raise LumiError(f"{which.path}: {bench}({config}): no samples stored; "
+                                f"run asv with --record-samples")
+            row.base, row.head = statistics.median(b.samples), statistics.median(h.samples)
+            row.ratio = row.head / row.base if row.base > 0 else math.inf
+            _, row.p = mann_whitney_greater(h.samples, b.samples)
+            if row.ratio > 1 + tol:
+                row.verdict = "REGRESSED" if row.p < alpha else "slower (noise)"
+            elif row.ratio < 1 / (1 + tol):
+                row.verdict = "faster"
+            else:
+                row.verdict = "ok"
+        rows.append(row)
+    if not common:
+        raise LumiError(f"{base.path} and {head.path}: no config was measured in both "
+                        f"(benchmarks {', '.join(METRICS)})")
+    return rows
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(s) >= scale:
+            return f"{s / scale:.3f} {unit}"
+    return f"{s / 1e-9:.1f} ns"
+
+
+def _cells(row: Row) -> list[str]:
+    return [row.config, row.metric, _fmt_time(row.base), _fmt_time(row.head),
+            "-" if row.ratio is None else f"{row.ratio:.3f}", f"{row.tolerance:.0%}",
+            "-" if row.p is None else f"{row.p:.2g}", row.verdict]
+
+
+HEADER = ["config", "metric", "base", "head", "ratio", "tolerance", "p", "verdict"]
+
+
+def table(rows: list[Row], base: ResultFile, head: ResultFile, alpha: float) -> str:
+    cells = [HEADER] + [_cells(r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    lines = [f"lumi regress: base {base.label}  head {head.label}  (regressed = slower than tolerance "
+             f"and Mann-Whitney p < {alpha:g})"]
+    for k, c in enumerate(cells):
+        lines.append("  ".join(v.ljust(w) if i < 2 or i == len(c) - 1 else v.rjust(w)
+                               for i, (v, w) in enumerate(zip(c, widths))).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append(summary(rows))
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[Row]) -> str:
+    bad = [r for r in rows if r.bad]
+    if not bad:
+        return f"OK: no regression in {len({r.config for r in rows})} config(s)"
+    return "REGRESSION: " + "; ".join(f"{r.config} {r.metric} {r.verdict.lower()}"
+                                      + (f" ({r.ratio:.2f}x, p={r.p:.2g})" if r.ratio is not None else "")
+                                      for r in bad)
+
+
+def markdown(rows: list[Row], base: ResultFile, head: ResultFile, alpha: float) -> str:
+    icon = {"REGRESSED": ":x: REGRESSED", "FAILED": ":x: FAILED", "ok": ":white_check_mark: ok",
+            "faster": ":rocket: faster", "slower (noise)": ":grey_question: slower (noise)"}
+    lines = [f"### lumi regress: `{base.label}` → `{head.label}`", "",
+             f"Regressed = head's median slower than the config's tolerance **and** one-sided "
+             f"Mann-Whitney U p < {alpha:g} on the raw samples.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 5 + ["---"]) + "|"]
+    for r in rows:
+        c = _cells(r)
+        c[-1] = icon.get(r.verdict, r.verdict)
+        lines.append("| " + " | ".join(c) + " |")
+    lines += ["", f"**{summary(rows)}**", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# measuring two commits
+
+
+def _git(root, *args) -> str:
+    proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LumiError(f"git {' '.join(args)}: {proc.stderr.strip() or 'failed'}")
+    return proc.stdout.strip()
+
+
+def resolve_commit(root, name: str) -> str:
+    proc = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise LumiError(f"{name}: not a commit in {root} (neither a result file nor anything git rev-parse knows)")
+    return proc.stdout.strip()
+
+
+def ensure_asv_machine(name: str = MACHINE) -> None:
+    """Make sure ~/.asv-machine.json describes machine ``name`` (asv asks interactively otherwise).
+
+    ``asv machine --yes --machine NAME`` would record the name alone; this records the
+    detected os/cpu/ram under the pinned name, so every run lands in one series.
+    """
+    from asv.machine import Machine, MachineCollection
+
+    try:
+        MachineCollection.load(name)
+    except Exception:  # asv.util.UserError: not described yet
+        info = Machine.get_defaults()
+        info["machine"] = name
+        MachineCollection.save(name, info)
+
+
+def bench_regex(configs) -> str:
+    names = "|".join(re.escape(c) for c in configs)
+    benches = "|".join(re.escape(b) for b in METRICS)
+    return rf"^(?:{benches})\('(?:{names})'\)$"
+
+
+def _load_asv_conf(path: Path) -> dict:
+    try:
+        from asv.util import load_json
+
+        return load_json(str(path), js_comments=True)
+    except FileNotFoundError:
+        raise LumiError(f"{path}: no asv configuration (lumi regress runs in a lumi checkout)") from None
+    except Exception as e:
+        raise LumiError(f"{path}: cannot read ({e})") from None
+
+
+def measure_commits(root: Path, base: str, head: str, configs, work: Path, machine: str = MACHINE,
+                    rounds: int | None = None, log=sys.stderr) -> tuple[Path, Path]:
+    """Run asv over both commits, rounds interleaved, into ``work``; the two result files."""
+    try:
+        import asv  # noqa: F401
+    except ImportError:
+        raise LumiError("asv is not installed: pip install 'lumi[bench]' (asv, build, virtualenv)") from None
+    conf = _load_asv_conf(root / "asv.conf.json")
+    conf.update(repo=str(root), benchmark_dir=str(root / conf.get("benchmark_dir", "benchmarks")),
+                env_dir=str(root / conf.get("env_dir", ".asv/env")),  # environments are reused
+                results_dir=str(work / "results"), html_dir=str(work / "html"))
+    conf_path = work / "asv.conf.json"
+    conf_path.write_text(json.dumps(conf, indent=2))
+    ensure_asv_machine(machine)
+    common = [sys.executable, "-m", "asv", "run", "--config", str(conf_path), "--machine", machine,
+              "--record-samples", "--bench", bench_regex(configs)]
+    if rounds:
+        common += ["-a", f"rounds={rounds}"]
+    runs = []
+    if base != head:
+        (work / "commits.txt").write_text(f"{base}\n{head}\n")
+        runs.append(([*common, "--interleave-rounds", f"HASHFILE:{work / 'commits.txt'}"], work / "results"))
+    else:
+        # The same commit twice (a false-alarm check): asv will not interleave a commit with
+        # itself, so alternate one-round runs into two result directories by hand, each
+        # appending its samples, so that a drift of the machine hits both sides alike.
+        common = [c for c in common if not c.startswith("rounds=")]
+        if common[-1] == "-a":
+            common.pop()
+        for _ in range(rounds or SUITE_ROUNDS):
+            for side in ("base", "head"):
+                side_conf = work / f"asv-{side}.json"
+                side_conf.write_text(json.dumps(dict(conf, results_dir=str(work / side)), indent=2))
+                cmd = [*common, "-a", "rounds=1", "--append-samples", f"{base}^!"]
+                cmd[cmd.index("--config") + 1] = str(side_conf)
+                runs.append((cmd, work / side))
+    for cmd, _ in runs:
+        print("+ " + " ".join(cmd), file=log, flush=True)
+        proc = subprocess.run(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode not in (0, 2):  # 2: some benchmark failed; the comparison reports it
+            raise LumiError(f"asv run failed with status {proc.returncode}")
+
+    def result_file(results: Path, commit: str) -> Path:
+        found = sorted((results / machine).glob(f"{commit[:conf.get('hash_length', 8)]}-*.json"))
+        if not found:
+            raise LumiError(f"asv left no result for {commit[:8]} under {results / machine}: see its output above")
+        return found[0]
+
+    if base != head:
+        return result_file(runs[0][1], base), result_file(runs[0][1], head)
+    return result_file(work / "base", base), result_file(work / "head", head)
+
+
+# ---------------------------------------------------------------------------------------
+# the command
+
+
+def run(args) -> int:
+    """``lumi regress`` (see lumi.cli): exit 0 when everything holds, 1 on a regression."""
+    if not 0 < args.alpha < 1:
+        from ..errors import UsageError
+
+        raise UsageError("--alpha", f"must be in (0, 1), got {args.alpha}")
+    files = [os.path.isfile(x) or x.endswith(".json") for x in (args.base, args.head)]
+    if all(files):
+        base, head = load_result_file(args.base), load_result_file(args.head)
+        rows = compare(base, head, args.alpha)
+    elif any(files):
+        raise LumiError(f"{args.base} {args.head}: give two result files or two commits, not one of each")
+    else:
+        root = Path(_git(os.getcwd(), "rev-parse", "--show-toplevel"))
+        base_hash, head_hash = resolve_commit(root, args.base), resolve_commit(root, args.head)
+        configs = args.configs or list(ROUTINE_CONFIGS)
+        work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="lumi-regress-"))
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            bpath, hpath = measure_commits(root, base_hash, head_hash, configs, work, args.machine, args.rounds)
+            base, head = load_result_file(bpath), load_result_file(hpath)
+            rows = compare(base, head, args.alpha)
+        finally:
+            if not args.work_dir:
+                shutil.rmtree(work, ignore_errors=True)
+    sys.stdout.write(table(rows, base, head, args.alpha))
+    if args.markdown:
+        from .report import write_atomic
+
+        write_atomic(args.markdown, markdown(rows, base, head, args.alpha))
+    return 1 if any(r.bad for r in rows) else 0
