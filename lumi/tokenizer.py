@@ -26,6 +26,7 @@ import abc
 import codecs
 import enum
 import heapq
+import json
 import math
 import os
 import struct
@@ -44,7 +45,7 @@ UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 FIRST_BYTE_ID = 3  # with byte fallback, ids 3..258 are the pieces <0x00>..<0xFF>
 
 MAX_TOKEN_LENGTH_LIMIT = 65536  # sanity bound on tokenizer.bin's header
-TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.bin")  # find_tokenizer's search order
+TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.bin", "tokenizer.json")  # find_tokenizer's search order
 
 
 class PieceKind(enum.Enum):
@@ -65,7 +66,7 @@ class DecodeTable:
     dummy prefix encoding added, and it is dropped (as sentencepiece does).
     """
 
-    def __init__(self, kinds: Sequence[PieceKind], pieces: Sequence[bytes]):
+    def __init__(self, kinds: Sequence[PieceKind], pieces: Sequence[bytes], dummy_prefix: bool = True):
         assert len(kinds) == len(pieces)
         self.text: list[bytes] = []
         self.space_prefixed: list[bool] = []
@@ -79,7 +80,7 @@ class DecodeTable:
             else:
                 text = UNK_SURFACE
             self.text.append(text)
-            self.space_prefixed.append(kind is PieceKind.NORMAL and text.startswith(b" "))
+            self.space_prefixed.append(dummy_prefix and kind is PieceKind.NORMAL and text.startswith(b" "))
 
     def __len__(self) -> int:
         return len(self.text)
@@ -350,8 +351,89 @@ class Llama2cTokenizer(Tokenizer):
         return [s if isinstance(s, int) else self._ids[s] for s in symbols if s is not None]
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE spells each byte as one printable character: that character -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+class HFJsonTokenizer(Tokenizer):
+    """A Hugging Face ``tokenizer.json`` (Llama 3, Qwen2...), encoded by the ``tokenizers`` library.
+
+    An optional extra (``pip install 'lumi[tokenizers]'``). Byte-level BPE
+    vocabularies (GPT-2's printable spelling of bytes) and sentencepiece-style
+    ones ('▁' for spaces, ``<0xHH>`` byte pieces) both decode through the shared
+    table. BOS and EOS come from ``tokenizer_config.json`` beside it when present
+    (a model without a BOS, like Qwen2, gets none). The model's embedding may be
+    padded past the tokenizer's ids, so any model vocabulary at least this large fits.
+    """
+
+    fits_padded_vocab = True
+
+    def __init__(self, path: str | os.PathLike):
+        try:
+            import tokenizers
+        except ImportError:
+            raise CheckpointError(path, None, "reading tokenizer.json needs the optional 'tokenizers' library: "
+                                              "pip install 'lumi[tokenizers]'") from None
+        try:
+            self._tok = tokenizers.Tokenizer.from_str(_read_bytes(path).decode("utf-8"))
+        except Exception as error:  # the library raises plain Exceptions for a bad file
+            raise CheckpointError(path, None, f"not a tokenizer.json ({str(error).splitlines()[0][:200]})") from None
+        vocab = self._tok.get_vocab(with_added_tokens=True)  # piece -> id
+        size = max(vocab.values()) + 1 if vocab else 0
+        specials = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special}
+        byte_level = "ByteLevel" in json.dumps(json.loads(self._tok.to_str()).get("decoder"))
+        alphabet = _byte_level_alphabet() if byte_level else {}
+        kinds, pieces = [PieceKind.CONTROL] * size, [b""] * size
+        for piece, i in vocab.items():
+            if piece in specials:
+                continue
+            if byte_level:
+                kinds[i], pieces[i] = PieceKind.NORMAL, bytes(alphabet.get(c, 0) for c in piece)
+            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                kinds[i], pieces[i] = PieceKind.BYTE, piece.encode()
+            else:
+                kinds[i], pieces[i] = PieceKind.NORMAL, piece.replace(SPACE, " ").encode()
+        self._vocab = vocab
+        config = _tokenizer_config(Path(path).parent / "tokenizer_config.json")
+        bos, eos = (self._special(config.get(key)) for key in ("bos_token", "eos_token"))
+        super().__init__(path, DecodeTable(kinds, pieces, dummy_prefix=not byte_level), bos, eos)
+
+    def _special(self, token) -> int | None:
+        content = token.get("content") if isinstance(token, dict) else token
+        return self._vocab.get(content) if isinstance(content, str) else None
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
+
+    def piece_id(self, piece: str) -> int | None:
+        return self._vocab.get(piece)
+
+
+def _tokenizer_config(path: Path) -> dict:
+    """tokenizer_config.json as a dict ({} when absent); only plain keys are read, nothing is run."""
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(path, None, f"not valid JSON ({error})") from None
+    return config if isinstance(config, dict) else {}
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Loads ``path`` by its suffix: ``.model`` (sentencepiece), ``.bin`` (llama2.c) or ``.gguf`` (its metadata).
+    """Loads ``path`` by its suffix: ``.model`` (sentencepiece), ``.bin`` (llama2.c), ``.gguf`` (its metadata)
+    or ``.json`` (a Hugging Face tokenizer.json, through the optional ``tokenizers`` library).
 
     Raises:
         CheckpointError: the file is missing, has another suffix, or is malformed.
@@ -359,11 +441,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, None, "no such file")
-    loaders = {".model": SentencePieceTokenizer, ".bin": Llama2cTokenizer, ".gguf": _read_gguf_tokenizer}
+    loaders = {".model": SentencePieceTokenizer, ".bin": Llama2cTokenizer, ".gguf": _read_gguf_tokenizer,
+               ".json": HFJsonTokenizer}
     loader = loaders.get(path.suffix.lower())
     if loader is None:
         raise CheckpointError(
-            path, None, "unknown tokenizer format: expected a sentencepiece .model or a llama2.c .bin file"
+            path, None, "unknown tokenizer format: expected a sentencepiece .model, a llama2.c .bin, a .gguf or a tokenizer.json"
         )
     return loader(path)
 
@@ -408,7 +491,7 @@ def find_tokenizer(model_path: str | os.PathLike, vocab_size: int) -> tuple[Toke
         except CheckpointError as error:
             problems.append(f"ignoring {error}")
             continue
-        if tokenizer.vocab_size == vocab_size:
+        if fits(tokenizer, vocab_size):
             return tokenizer, None
         problems.append(
             f"ignoring {path}: its vocabulary has {tokenizer.vocab_size} pieces, the model {vocab_size}"
@@ -418,9 +501,19 @@ def find_tokenizer(model_path: str | os.PathLike, vocab_size: int) -> tuple[Toke
     return None, "; ".join(problems) + "; output is token ids only"
 
 
+def fits(tokenizer: Tokenizer, vocab_size: int) -> bool:
+    """Whether every id the tokenizer makes is an id of a model with ``vocab_size`` embeddings."""
+    if getattr(tokenizer, "fits_padded_vocab", False):
+        return tokenizer.vocab_size <= vocab_size
+    return tokenizer.vocab_size == vocab_size
+
+
 def check_vocab(tokenizer: Tokenizer, vocab_size: int) -> None:
-    """Raises ``UsageError`` unless ``tokenizer`` has the model's ``vocab_size`` pieces."""
-    if tokenizer.vocab_size != vocab_size:
+    """Raises ``UsageError`` unless ``tokenizer`` has the model's ``vocab_size`` pieces.
+
+    A tokenizer.json may have fewer: HF models often pad the embedding past the tokenizer's ids.
+    """
+    if not fits(tokenizer, vocab_size):
         raise UsageError(
             "--tokenizer",
             f"{tokenizer.path} has {tokenizer.vocab_size} pieces but the model's vocabulary is {vocab_size}",

@@ -267,9 +267,9 @@ def test_malformed_tokenizer_bin(tmp_path, data, field):
 def test_load_tokenizer_rejects_missing_files_and_unknown_formats(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_tokenizer(tmp_path / "absent.model")
-    other = tmp_path / "vocab.json"
+    other = tmp_path / "vocab.txt"
     other.write_text("{}")
-    with pytest.raises(CheckpointError, match=r"vocab\.json: unknown tokenizer format"):
+    with pytest.raises(CheckpointError, match=r"vocab\.txt: unknown tokenizer format"):
         load_tokenizer(other)
 
 
