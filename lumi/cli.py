@@ -334,6 +334,11 @@ def _add_convert(sub) -> None:
     p.set_defaults(run=_run_convert)
 
 
+# A tokenizer file and the files that belong with it, copied by `lumi convert`.
+TOKENIZER_COPY = {"tokenizer.model": ("tokenizer.model",), "tokenizer.bin": ("tokenizer.bin",),
+                  "tokenizer.json": ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")}
+
+
 def _run_convert(args) -> int:
     from .formats import load_checkpoint
     from .formats.hf import copy_tokenizer_files, write_hf_dir
@@ -352,8 +357,15 @@ def _run_convert(args) -> int:
     except OSError as e:
         raise UsageError("DST", f"cannot write {dst}: {e.strerror or e}") from None
     copied = []
-    if not args.src.startswith("synthetic:"):
-        copied = copy_tokenizer_files(args.src if os.path.isdir(args.src) else os.path.dirname(args.src) or ".", dst)
+    if not args.src.startswith("synthetic:"):  # the tokenizer that fits the model, never a mismatched one
+        from .tokenizer import find_tokenizer
+
+        tokenizer, warning = find_tokenizer(args.src, config.vocab_size)
+        if warning:
+            print(f"lumi: warning: {warning}", file=sys.stderr)
+        if tokenizer is not None:  # a GGUF's own vocabulary has no file to copy
+            names = TOKENIZER_COPY.get(os.path.basename(tokenizer.path), ())
+            copied = copy_tokenizer_files(os.path.dirname(tokenizer.path), dst, names)
     print(f"wrote {dst} ({config.n_params()} parameters, {args.dtype or 'stored dtypes'}"
           f"{', with ' + ', '.join(copied) if copied else ''})", file=sys.stderr)
     return 0

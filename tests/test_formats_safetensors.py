@@ -132,10 +132,12 @@ def test_convert_round_trip_bit_for_bit(tmp_path, hf_dispatch, dtype, tied):
     weights = synthetic_weights(config, seed=3)
     src = tmp_path / "m.bin"
     write_llama2c(src, config, weights)
-    (tmp_path / "tokenizer.model").write_bytes(b"sentencepiece bytes")
+    _write_tokenizer_bin(tmp_path / "tokenizer.bin", config.vocab_size)  # fits the model: copied
+    (tmp_path / "tokenizer.model").write_bytes(b"not a sentencepiece model")  # unreadable: warned about, not copied
     dst = tmp_path / "hf"
     assert main(["convert", str(src), str(dst)] + (["--dtype", dtype] if dtype else [])) == 0
-    assert (dst / "tokenizer.model").read_bytes() == b"sentencepiece bytes"
+    assert (dst / "tokenizer.bin").read_bytes() == (tmp_path / "tokenizer.bin").read_bytes()
+    assert not (dst / "tokenizer.model").exists()
     cfg = json.loads((dst / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["torch_dtype"] == ("bfloat16" if dtype else "float32")
     read_config, read = read_hf(dst)
@@ -154,7 +156,26 @@ def test_convert_round_trip_bit_for_bit(tmp_path, hf_dispatch, dtype, tied):
     _, read2 = read_hf(again)
     for name in weights:
         assert np.array_equal(_bits(read2[name]), _bits(read[name])), name
-    assert (again / "tokenizer.model").exists()
+    assert (again / "tokenizer.bin").exists()
+
+
+def _write_tokenizer_bin(path, n):
+    """A llama2.c tokenizer.bin of n pieces: <unk> <s> </s>, the 256 byte pieces, then text."""
+    pieces = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{b:02X}>".encode() for b in range(256)]
+    pieces += [f"p{i}".encode() for i in range(n - len(pieces))]
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", max(map(len, pieces))))
+        for i, piece in enumerate(pieces):
+            f.write(struct.pack("<fi", -float(i), len(piece)) + piece)
+
+
+def test_convert_never_copies_a_tokenizer_that_does_not_fit(tmp_path, capsys):
+    src = tmp_path / "m.bin"
+    write_llama2c(src, SMALL, synthetic_weights(SMALL))
+    _write_tokenizer_bin(tmp_path / "tokenizer.bin", 300)  # 300 pieces, the model has 512
+    assert main(["convert", str(src), str(tmp_path / "hf")]) == 0
+    assert "300 pieces, the model 512" in capsys.readouterr().err
+    assert not (tmp_path / "hf" / "tokenizer.bin").exists()
 
 
 def _greedy(model, prompt, n):

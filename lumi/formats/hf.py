@@ -452,10 +452,10 @@ def write_hf_dir(path: str | os.PathLike, config: ModelConfig, weights: dict, dt
             shutil.rmtree(tmp)
 
 
-def copy_tokenizer_files(src_folder: str, dst_folder: str) -> list[str]:
-    """Copy the tokenizer files found in ``src_folder`` (tokenizer.model/.bin/.json and its configs); their names."""
+def copy_tokenizer_files(src_folder: str, dst_folder: str, names=TOKENIZER_FILES) -> list[str]:
+    """Copy those of ``names`` found in ``src_folder`` (tokenizer files and their configs); their names."""
     copied = []
-    for name in TOKENIZER_FILES:
+    for name in names:
         source = os.path.join(src_folder, name)
         if os.path.isfile(source):
             shutil.copyfile(source, os.path.join(dst_folder, name))
