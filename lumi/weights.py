@@ -9,6 +9,8 @@ of rows at a time, never the whole matrix.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -52,6 +54,7 @@ class BlockQ8:
 
     storage = "int8"
     path = "int8-blocks"
+    parallel_rows = True  # widening releases the GIL: Python threads may split the rows
 
     def dequantize(self) -> np.ndarray:
         """float32 (out, in): for tests and conversion, not for the hot path."""
@@ -122,6 +125,9 @@ class HalfMatrix:
     def __init__(self, a: np.ndarray):
         assert a.ndim == 2 and a.dtype in (np.float16, BF16)
         self.a = np.ascontiguousarray(a)
+        # Whether Python threads may split the rows: ml_dtypes' cast holds the GIL, so bf16 keeps
+        # BLAS's own threads on each block (measured at 2 threads: 1.98x fp32 either way).
+        self.parallel_rows = a.dtype != BF16
         if a.dtype == BF16:
             self.storage, self.path = "bf16", "bf16-ml_dtypes-cast"
         else:
@@ -147,35 +153,78 @@ class HalfMatrix:
         return self.a[index].astype(np.float32)
 
 
-class _Scratch:
-    """One reused float32 buffer for widened blocks (the decode step allocates none)."""
+_LOCAL = threading.local()  # each thread's reused float32 buffer for widened blocks
+PARALLEL_MIN_BYTES = 4 << 20  # smaller stored matrices are not worth handing to worker threads
+
+
+def _scratch(n: int) -> np.ndarray:
+    buffer = getattr(_LOCAL, "buffer", None)
+    if buffer is None or buffer.size < n:
+        buffer = _LOCAL.buffer = np.empty(n, dtype=np.float32)
+    return buffer[:n]
+
+
+def _widened_rows(x: np.ndarray, w, r0: int, r1: int, out: np.ndarray) -> None:
+    """out[:, r0:r1] = x @ w[r0:r1].T, widening a cache-sized block of rows at a time."""
+    cols = w.shape[1]
+    block = max(1, min(r1 - r0, BLOCK_BYTES // (4 * cols)))
+    buffer = _scratch(block * cols)
+    for b0 in range(r0, r1, block):
+        b1 = min(b0 + block, r1)
+        wide = w.widen_rows(b0, b1, buffer[: (b1 - b0) * cols].reshape(b1 - b0, cols))
+        np.matmul(x, wide.T, out=out[:, b0:b1])
+
+
+class _Blas:
+    """The BLAS library's thread count, read and set through threadpoolctl's handles (a C call each)."""
 
     def __init__(self):
-        self.buffer = np.empty(0, dtype=np.float32)
+        self.libs = None
 
-    def get(self, n: int) -> np.ndarray:
-        if self.buffer.size < n:
-            self.buffer = np.empty(n, dtype=np.float32)
-        return self.buffer[:n]
+    def _handles(self):
+        if self.libs is None:
+            from threadpoolctl import ThreadpoolController
+
+            self.libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        return self.libs
+
+    def threads(self) -> int:
+        return max((lib.get_num_threads() for lib in self._handles()), default=1)
+
+    def set(self, n: int) -> None:
+        for lib in self._handles():
+            lib.set_num_threads(n)
 
 
-_SCRATCH = _Scratch()
+_BLAS = _Blas()
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
     """x (T, in) @ w.T for a HalfMatrix or BlockQ8 w (out, in): float32 (T, out).
 
     Rows of w are widened into a cache-sized float32 block, which BLAS then
-    multiplies; the full matrix never exists in float32.
+    multiplies; the full matrix never exists in float32. With BLAS allowed n > 1
+    threads and a big fp16 or int8 matrix, n Python threads each take a share of
+    the rows (their widening releases the GIL) while BLAS is held at one thread:
+    one active pool at a time, since two pools spinning on the same cores slow
+    each other down. At 2 threads on 11008x4096 this took fp16 from 3.75x to
+    2.93x the fp32 product and int8 from 3.99x to 2.63x.
     """
-    rows, cols = w.shape
-    block = max(1, min(rows, BLOCK_BYTES // (4 * cols)))
+    rows = w.shape[0]
     out = np.empty((x.shape[0], rows), dtype=np.float32)
-    buffer = _SCRATCH.get(block * cols)
-    for r0 in range(0, rows, block):
-        r1 = min(r0 + block, rows)
-        wide = w.widen_rows(r0, r1, buffer[: (r1 - r0) * cols].reshape(r1 - r0, cols))
-        np.matmul(x, wide.T, out=out[:, r0:r1])
+    threads = min(_BLAS.threads(), rows) if w.parallel_rows and w.nbytes >= PARALLEL_MIN_BYTES else 1
+    if threads <= 1:
+        _widened_rows(x, w, 0, rows, out)
+        return out
+    pool = _POOLS.get(threads) or _POOLS.setdefault(threads, ThreadPoolExecutor(threads, "lumi-widen"))
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    _BLAS.set(1)
+    try:
+        for job in [pool.submit(_widened_rows, x, w, bounds[i], bounds[i + 1], out) for i in range(threads)]:
+            job.result()
+    finally:
+        _BLAS.set(threads)
     return out
 
 

@@ -106,3 +106,21 @@ def test_16_bit_greedy_ids_match_fp32_on_stories260K(assets, dtype, prefix):
     model = lumi.load_model(checkpoint, dtype=dtype)
     ids = lumi.generate(model, [1], prefix, ignore_eos=True).run().generated_ids
     assert ids == golden[:prefix]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_rows_split_across_threads_give_the_same_product(dtype):
+    from threadpoolctl import threadpool_limits
+
+    from lumi.weights import PARALLEL_MIN_BYTES, _BLAS
+
+    w = RNG.standard_normal((1500, 4096)).astype(np.float32)  # 6-12 MB stored: above the threading threshold
+    x = RNG.standard_normal((2, 4096)).astype(np.float32)
+    stored = to_storage(w, dtype)
+    assert stored.nbytes >= PARALLEL_MIN_BYTES
+    with threadpool_limits(1):
+        single = widened_matmul_t(x, stored)
+    with threadpool_limits(2):
+        split = widened_matmul_t(x, stored)
+        assert _BLAS.threads() == 2  # restored after the call
+    assert np.abs(single - split).max() <= 1e-6 * np.abs(single).max()  # BLAS kernels differ on block tails
