@@ -51,3 +51,13 @@ def load_under_cap(spec: str, loader: str = "lumi.formats:load_checkpoint") -> t
     proc = subprocess.run([sys.executable, "-c", _CHILD, spec, str(size), str(MARGIN), loader], capture_output=True,
                           text=True, timeout=120, env=env)
     return proc.returncode, proc.stderr.strip()
+
+
+def assert_refused(spec: str, where: str, expected, loader: str = "lumi.formats:load_checkpoint") -> None:
+    """The loader refuses ``spec`` under the cap: status 2 and one line starting with ``where`` (the file
+    at fault) that contains ``expected`` (a string, or a tuple of strings)."""
+    status, message = load_under_cap(spec, loader)
+    assert status == 2, (status, message)
+    assert message.startswith(where) and "\n" not in message, message
+    for part in expected if isinstance(expected, tuple) else (expected,):
+        assert part in message, message

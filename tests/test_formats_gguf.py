@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import asset
-from memcap import load_under_cap
+from memcap import assert_refused, load_under_cap
 
 import lumi
 from lumi.config import PRESETS, ModelConfig
@@ -317,12 +317,7 @@ def test_malformed_headers_are_refused_under_a_memory_cap(tmp_path, case):
     data, expected = RAW_CASES[case]
     path = tmp_path / "bad.gguf"
     path.write_bytes(data)
-    status, message = load_under_cap(str(path), loader=LOADER)
-    assert status == 2, (status, message)
-    assert message.startswith(str(path) + ": "), message
-    for part in expected if isinstance(expected, tuple) else (expected,):
-        assert part in message, message
-    assert "\n" not in message
+    assert_refused(str(path), str(path) + ": ", expected, loader=LOADER)
 
 
 # --- malformed models: well-formed GGUF, wrong for lumi ------------------------------------
@@ -363,10 +358,7 @@ def test_wrong_models_are_refused_under_a_memory_cap(tmp_path, case):
     else:
         kwargs, expected = MODEL_CASES[case]
         path = _model_case(tmp_path, **kwargs)
-    status, message = load_under_cap(str(path), loader=LOADER)
-    assert status == 2, (status, message)
-    assert message.startswith(str(path) + ": ") and expected in message, message
-    assert "\n" not in message
+    assert_refused(str(path), str(path) + ": ", expected, loader=LOADER)
 
 
 def test_a_good_file_loads_under_the_cap(tmp_path):

@@ -10,7 +10,7 @@ import warnings
 import ml_dtypes
 import numpy as np
 import pytest
-from memcap import load_under_cap
+from memcap import assert_refused, load_under_cap
 
 from lumi import generate
 from lumi.cli import main
@@ -339,9 +339,7 @@ def test_malformed_safetensors_refused_under_cap(tmp_path, case):
     data, expected = ST_MALFORMED[case]
     path = tmp_path / "bad.safetensors"
     path.write_bytes(data)
-    code, err = load_under_cap(str(path), loader=ST_LOADER)
-    assert code == 2, (code, err)
-    assert err.startswith(str(path)) and expected in err and "\n" not in err, err
+    assert_refused(str(path), str(path), expected, loader=ST_LOADER)
 
 
 def test_good_files_load_under_cap(tmp_path):
@@ -454,9 +452,7 @@ def test_malformed_hf_dirs_refused_under_cap(tmp_path, sharded_dir, case):
     shutil.copytree(sharded_dir, d)
     make, file, expected = HF_MALFORMED[case]
     make(d)
-    code, err = load_under_cap(str(d), loader=HF_LOADER)
-    assert code == 2, (code, err)
-    assert err.startswith(str(d / file)) and expected in err and "\n" not in err, err
+    assert_refused(str(d), str(d / file), expected, loader=HF_LOADER)
     assert not (d / "EXECUTED").exists()
 
 
