@@ -19,7 +19,8 @@ import numpy as np
 from .config import ModelConfig
 from .errors import LumiError
 from .kvcache import KVCache
-from .weights import STORAGE_DTYPES, BlockQ8, HalfMatrix, stack_rows, to_float32, to_storage, widened_matmul_t
+from .weights import (STORAGE_DTYPES, BlockQ8, HalfMatrix, resident, stack_rows, to_float32, to_storage,
+                      widened_matmul_t)
 
 F32 = np.float32
 NEG_INF = np.float32(-np.inf)
@@ -168,8 +169,8 @@ def _vector(xp, *arrays):
 
 
 def _matrix(xp, dtype: str, *arrays):
-    """A matrix in its storage dtype, the rows of several stacked; fp32 ones on xp's device."""
-    w = to_storage(stack_rows(list(arrays)), dtype)
+    """A matrix in its storage dtype and the process's own memory, the rows of several stacked; fp32 ones on xp's device."""
+    w = resident(to_storage(stack_rows(list(arrays)), dtype))
     return xp.asarray(w) if isinstance(w, np.ndarray) else w
 
 
@@ -177,7 +178,7 @@ class Model:
     """Config, weights and KV cache; ``forward`` runs T tokens from ``start_pos``.
 
     ``weights`` maps the canonical names of ``ModelConfig.tensor_shapes()`` to
-    arrays (memory maps are fine: weights used as stored are not copied).
+    arrays; memory maps are copied into the process's own memory, where they stream faster.
     """
 
     def __init__(self, config: ModelConfig, weights: dict, *, max_seq_len: int | None = None, dtype: str = "fp32",

@@ -255,6 +255,20 @@ def _adjacent(parts: list[np.ndarray]) -> np.ndarray | None:
     return np.ndarray((rows, *tail), dtype=dtype, buffer=owner, offset=start - owner_start)
 
 
+def resident(w):
+    """``w`` with its arrays in the process's own memory: a copy of whatever lives in a file map.
+
+    Streaming weights through a file map's 4 KiB page-cache pages decoded
+    tinyllama-1.1B 30% slower at 2 threads (214 vs 150 ms/token) than the same
+    weights in anonymous memory, which NumPy backs with transparent huge pages.
+    """
+    if isinstance(w, BlockQ8):
+        return BlockQ8(resident(w.q), resident(w.scales))
+    if isinstance(w, HalfMatrix):
+        return w if isinstance(_owner(w.a), np.ndarray) else HalfMatrix(np.array(w.a))
+    return w if isinstance(_owner(w), np.ndarray) else np.array(w)
+
+
 def stack_rows(parts: list):
     """Stored tensors stacked along the rows: a view when already adjacent, else one copy."""
     if len(parts) == 1:

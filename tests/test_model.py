@@ -170,5 +170,18 @@ def test_big_synthetic_shapes_are_cached_on_disk_and_memory_mapped(tmp_path, mon
     for name, a in fresh.items():
         assert np.array_equal(second[name], a) and np.array_equal(first[name], a), name
         assert not second[name].flags.writeable  # a read-only map of the cache file
-    model = Model(config, second)
-    assert np.shares_memory(model.layers[0].wqkv, second["layers.0.attention.wq"])  # stacked without a copy
+    model = Model(config, second)  # the model copies the mapped weights into its own memory, once
+    assert not np.shares_memory(model.layers[0].wqkv, second["layers.0.attention.wq"])
+    assert np.array_equal(model.layers[0].wqkv[: config.dim], second["layers.0.attention.wq"])
+
+
+def test_weights_from_a_file_map_are_held_in_the_process_memory(tmp_path):
+    from lumi.weights import _owner
+
+    path = tmp_path / "m.bin"
+    write_llama2c(path, PRESETS["stories260K"], synthetic_weights(PRESETS["stories260K"]))
+    for dtype in ("fp32", "bf16", "int8"):
+        model = lumi.load_model(path, dtype=dtype)
+        for name, w in model.weight_arrays().items():
+            arrays = [w] if isinstance(w, np.ndarray) else [getattr(w, "a", None), getattr(w, "q", None)]
+            assert all(isinstance(_owner(a), np.ndarray) for a in arrays if a is not None), (dtype, name)
