@@ -41,6 +41,14 @@ except ImportError as e:  # pragma: no cover - exercised by asv on old commits
     _IMPORT_ERROR: Exception | None = e
 else:
     _IMPORT_ERROR = None
+try:  # newer than the rest: older commits measure without the answer check
+    from lumi.bench.runner import check_reference
+except ImportError:  # pragma: no cover
+    check_reference = None
+
+
+class WrongAnswer(RuntimeError):
+    """The engine's greedy ids miss the config's reference: asv records a failure, and lumi regress fails on it."""
 
 # The parameter list comes from the files in the repository's configs/ (this checkout's,
 # so old commits are measured against today's configs), never from the hardware: a
@@ -72,6 +80,8 @@ def _session(name: str):
     entry = _CACHE[name]
     if isinstance(entry, str):
         raise NotImplementedError(entry)
+    if isinstance(entry, Exception):
+        raise entry
     return entry
 
 
@@ -85,6 +95,10 @@ def _load(name: str):
         session = Session(cfg)  # check_supported() first: raises ConfigError before loading
     except ConfigError as e:
         return f"not runnable here: {e}"
+    reference = check_reference(session) if check_reference is not None else None
+    if reference is not None and not reference["valid"]:  # speed never at the cost of the answer
+        return WrongAnswer(f"{name}: only {reference['agreed']} of {reference['prefix']} greedy ids agree with "
+                           f"{reference['file']}")
     return session, cfg.points()[0]
 
 

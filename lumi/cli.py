@@ -15,6 +15,7 @@ import sys
 from . import __version__
 from .errors import LumiError, UsageError
 
+EXIT_INVALID = 1  # lumi bench: a result whose greedy ids miss its reference
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -274,6 +275,11 @@ def _run_bench(args) -> int:
         if args.format != "table":
             text = report.table(doc)
     sys.stdout.write(text)
+    invalid = [r["config"] for r in doc["results"] if not r.get("valid", True)]
+    if invalid and not code:
+        print(f"lumi: error: greedy ids differ from the reference for {', '.join(sorted(set(invalid)))}: "
+              "those results are invalid", file=sys.stderr)
+        code = EXIT_INVALID
     return code
 
 

@@ -137,3 +137,54 @@ def test_profile_accounts_for_the_whole_decode_step(tmp_path, capsys):
     assert ops["sampling"]["calls_per_token"] == 1 and profile["decode_tokens"] == config.gen_tokens[0] - 1
     assert main(["bench", str(path), "--profile"]) == 0
     assert "ms per decode step" in capsys.readouterr().out
+
+
+def _reference_files(tmp_path, flip: int | None = None):
+    """The fp32 greedy ids of the TINY model, recorded through lumi generate; optionally one id changed."""
+    import lumi
+
+    ids = lumi.generate(lumi.load_model("synthetic:stories260K?seed=1"), [1], 12, ignore_eos=True).run().generated_ids
+    if flip is not None:
+        ids[flip] = (ids[flip] + 1) % 512
+    (tmp_path / "ref.json").write_text(json.dumps({"prompt_ids": [1], "generated_ids": ids}))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.replace("prompt_tokens: [8, 16]", "prompt_tokens: 8") +
+                    "reference: {ids_file: ref.json, prefix: 10}\n")
+    return path
+
+
+def test_results_that_reproduce_the_reference_are_valid(tmp_path, capsys):
+    path = _reference_files(tmp_path)
+    assert main(["bench", str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["valid"] is True and result["reference"]["agreed"] == 10
+
+
+def test_a_wrong_answer_marks_the_result_invalid_everywhere(tmp_path, capsys):
+    path = _reference_files(tmp_path, flip=6)  # inside the checked prefix of 10
+    assert main(["bench", str(path), "--json"]) == 1
+    out, err = capsys.readouterr()
+    result = json.loads(out)["results"][0]
+    assert result["valid"] is False and result["reference"]["agreed"] == 6
+    assert "greedy ids differ from the reference" in err
+    assert main(["bench", str(path)]) == 1
+    assert "INVALID 6/10" in capsys.readouterr().out
+    assert main(["bench", str(path), "--markdown"]) == 1
+    assert "INVALID" in capsys.readouterr().out
+    assert main(["bench", str(path), "--csv"]) == 1
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert dict(zip(header.split(","), row.split(",")))["valid"] == "False"
+    # a drift past the stated prefix is allowed (16-bit storage may legitimately change later ids)
+    path = _reference_files(tmp_path, flip=11)
+    assert main(["bench", str(path)]) == 0
+    capsys.readouterr()
+
+
+def test_bad_references_name_the_key(tmp_path):
+    path = _reference_files(tmp_path)
+    for text, key in (("reference: {ids_file: nowhere.json}", "reference.ids_file"),
+                      ("reference: {ids_file: ref.json, prefix: 99}", "reference.prefix"),
+                      ("reference: {ids_file: ref.json, extra: 1}", "reference")):
+        path.write_text(TINY + text + "\n")
+        with pytest.raises(ConfigError, match=f": {key}: "):
+            load_config(path)

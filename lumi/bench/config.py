@@ -19,11 +19,15 @@ llama-bench's.
       warmup: 1                    # untimed repetitions first
       repetitions: 7               # timed repetitions
     tolerance: 0.10                # allowed relative slowdown before `lumi regress` fails
+    reference:                     # optional: greedy ids the run must reproduce, else it is invalid
+      ids_file: references/stories15M-seed0.json   # prompt_ids + generated_ids, relative to this file
+      prefix: 32                   # how many must agree (default: all)
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +75,22 @@ class RunPoint:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """Greedy ids a run must reproduce: the answer that speed must not change.
+
+    From a JSON file with ``prompt_ids`` and ``generated_ids`` (a golden file from
+    an independent implementation, or ids recorded from the fp32 run of the same
+    synthetic model); ``prefix`` is how many of them must agree (16-bit and int8
+    storage may legitimately drift later).
+    """
+
+    path: str
+    prompt_ids: tuple[int, ...]
+    ids: tuple[int, ...]
+    prefix: int
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     path: str
     name: str
@@ -86,13 +106,15 @@ class BenchConfig:
     warmup: int
     repetitions: int
     tolerance: float
+    reference: Reference | None = None
 
     def points(self) -> list[RunPoint]:
         return [RunPoint(p, g, t, n) for p, g, t, n in
                 itertools.product(self.prompt_tokens, self.gen_tokens, self.threads, self.gpu_layers)]
 
 
-_TOP = {"name", "purpose", "model", "tokenizer", "backend", "dtype", "gpu_layers", "threads", "workload", "tolerance"}
+_TOP = {"name", "purpose", "model", "tokenizer", "backend", "dtype", "gpu_layers", "threads", "workload", "tolerance",
+        "reference"}
 _REQUIRED = ("name", "purpose", "model", "workload")
 _WORKLOAD = {"prompt_tokens", "gen_tokens", "warmup", "repetitions"}
 
@@ -180,6 +202,7 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
         warmup=work.integer("warmup", 1, 0),
         repetitions=work.integer("repetitions", 5, 1),
         tolerance=float(tolerance),
+        reference=_reference(path, data.get("reference")),
     )
     if config.backend == "numpy" and config.gpu_layers != (0,):
         raise top.fail("gpu_layers", f"must be 0 with backend numpy, got {data['gpu_layers']!r}")
@@ -187,6 +210,31 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
     if not model.startswith("synthetic:") and not (path.parent / model).exists() and not Path(model).exists():
         raise top.fail("model", f"no such checkpoint: {model}")
     return config
+
+
+def _reference(path: Path, data) -> Reference | None:
+    """``reference: {ids_file: FILE, prefix: N}``, FILE relative to the config."""
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(map(str, data)) - {"ids_file", "prefix"} or "ids_file" not in data:
+        raise ConfigError(path, "reference", f"expected a mapping with ids_file (and optionally prefix), got {data!r}")
+    ref = _Reader(path, data, "reference.")
+    ids_path = path.parent / ref.string("ids_file")
+    try:
+        doc = json.loads(ids_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(path, "reference.ids_file", f"cannot read {ids_path}: {e}") from None
+    lists = {}
+    for key in ("prompt_ids", "generated_ids"):
+        value = doc.get(key) if isinstance(doc, dict) else None
+        if not isinstance(value, list) or not value or not all(isinstance(i, int) and i >= 0 for i in value):
+            raise ConfigError(path, "reference.ids_file", f"{ids_path}: {key} must be a non-empty list of token ids")
+        lists[key] = tuple(value)
+    prefix = ref.integer("prefix", len(lists["generated_ids"]), 1)
+    if prefix > len(lists["generated_ids"]):
+        raise ConfigError(path, "reference.prefix", f"{prefix} exceeds the {len(lists['generated_ids'])} ids in "
+                                                    f"{ids_path}")
+    return Reference(str(ids_path), lists["prompt_ids"], lists["generated_ids"], prefix)
 
 
 def resolve(name_or_path: str) -> Path:

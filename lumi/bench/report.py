@@ -25,12 +25,16 @@ COLUMNS = [
     ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
     ("GB/token", "weight_gb_per_token", "{:.3f}"),
     ("BW frac", "bandwidth_fraction", "{:.0%}"),
+    ("answer", "answer", "{}"),
 ]
 
 
 def _row(result: dict) -> dict:
     spread = result["spread"]["decode_s_per_token"]
+    ref = result.get("reference")
     derived = {
+        "answer": "-" if ref is None else (f"ok {ref['agreed']}/{ref['prefix']}" if ref["valid"]
+                                           else f"INVALID {ref['agreed']}/{ref['prefix']}"),
         "decode_spread": (spread["max"] - spread["min"]) / 2 / result["decode_s_per_token"],
         "peak_rss_mib": result["peak_rss_bytes"] / 2**20,
         "weight_gb_per_token": result["weight_bytes_per_token"] / 1e9,
@@ -53,7 +57,8 @@ def table(doc: dict) -> str:
     bw = "; ".join(f"{int(t)} thread(s): {b['gemv_bytes_per_s'] / 1e9:.1f} GB/s" for t, b in doc["bandwidth"].items())
     head = [f"lumi {env['lumi_version']} ({env['git_commit'] or 'no git'}), numpy {env['numpy']}, BLAS {blas}",
             f"{env['cpu']}, {env['usable_cores']} usable cores; GEMV bandwidth {bw}",
-            "± is half the min-max range of decode s/token; BW frac = weight bytes per token / s per token / GEMV bandwidth"]
+            "± is half the min-max range of decode s/token; BW frac = weight bytes per token / s per token / GEMV bandwidth;",
+            "answer: greedy ids agreeing with the config's reference (INVALID: the speed is not for the right answer)"]
     text = "\n".join(head + ["", line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]) + "\n"
     for r in doc["results"]:
         if "profile" in r:
@@ -74,7 +79,8 @@ def markdown(doc: dict) -> str:
 
 def to_csv(doc: dict) -> str:
     buffer = io.StringIO()
-    keys = [k for k in doc["results"][0] if k not in ("spread", "samples")] if doc["results"] else []
+    keys = [k for k in doc["results"][0] if k not in ("spread", "samples", "profile", "widening", "reference")] \
+        if doc["results"] else []
     writer = csv.writer(buffer)
     writer.writerow(keys)
     for r in doc["results"]:

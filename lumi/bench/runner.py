@@ -154,6 +154,22 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
+def check_reference(session: Session) -> dict | None:
+    """Greedy ids from the config's reference prompt against the reference ids; None without a reference.
+
+    ``valid`` is False when the first ``prefix`` ids do not all agree.
+    """
+    from ..generate import generate
+
+    ref = session.cfg.reference
+    if ref is None:
+        return None
+    with thread_limit(session.cfg.threads[0]):
+        ids = generate(session.model, ref.prompt_ids, ref.prefix, ignore_eos=True).run().generated_ids
+    agreed = next((i for i, (a, b) in enumerate(zip(ids, ref.ids)) if a != b), min(len(ids), ref.prefix))
+    return {"file": ref.path, "prefix": ref.prefix, "agreed": agreed, "valid": agreed >= ref.prefix}
+
+
 def measure_config(cfg: BenchConfig, progress=None, profile: bool = False) -> list[dict]:
     """Every point of a config, in this process (use ``run_config`` for an isolated one).
 
@@ -165,8 +181,13 @@ def measure_config(cfg: BenchConfig, progress=None, profile: bool = False) -> li
     session = Session(cfg)
     results = [measure_point(session, point, progress) for point in cfg.points()]
     peak = peak_rss_bytes()
+    if progress and cfg.reference:
+        progress(f"{cfg.name}: checking {cfg.reference.prefix} greedy ids against {cfg.reference.path}")
+    reference = check_reference(session)
     for point, r in zip(cfg.points(), results):
         r["peak_rss_bytes"] = peak
+        r["reference"] = reference
+        r["valid"] = reference is None or reference["valid"]  # speed never at the cost of the answer
         if profile:
             if progress:
                 progress(f"{cfg.name} {point.test} t{point.threads}: profiling")
