@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 import os
 
+from .backends import get_device
 from .config import PRESETS, ModelConfig
 from .errors import CheckpointError, LumiError, UsageError
 from .formats import load_checkpoint
@@ -21,19 +22,23 @@ from .sampler import SamplingParams
 from .weights import STORAGE_DTYPES
 
 
-def load_model(spec: str | os.PathLike, *, max_seq_len: int | None = None, dtype: str = "fp32") -> Model:
+def load_model(spec: str | os.PathLike, *, max_seq_len: int | None = None, dtype: str = "fp32",
+               backend: str = "numpy", gpu_layers: int = -1) -> Model:
     """A ready model from a checkpoint path or ``synthetic:PRESET[?seed=N]``.
 
     ``max_seq_len`` caps the context (and so the KV cache) below the model's own;
     ``dtype`` is the weights' storage: "fp32", "fp16", "bf16" (16 bits, widened
     block by block in the products) or "int8" (blocks of 32 with float32 scales).
+    ``backend="cupy"`` puts ``gpu_layers`` transformer layers on the GPU (-1: all of
+    them plus the embedding, final norm and classifier; 0: none).
     """
+    device = get_device(backend)  # before loading: a missing CuPy or GPU is a one-line error at once
     config, weights = load_checkpoint(spec)
     if max_seq_len is not None and not 0 < max_seq_len <= config.max_seq_len:
         raise UsageError("--max-seq-len", f"must be in 1..{config.max_seq_len} (the model's context), got {max_seq_len}")
     if dtype not in STORAGE_DTYPES:
         raise UsageError("--dtype", f"must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
-    model = Model(config, weights, max_seq_len=max_seq_len, dtype=dtype)
+    model = Model(config, weights, max_seq_len=max_seq_len, dtype=dtype, device=device, gpu_layers=gpu_layers)
     model.source = os.fspath(spec)
     return model
 

@@ -43,6 +43,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
                    help="weight storage: fp32 (default), fp16/bf16 (16 bits, widened block by block), "
                         "int8 (blocks of 32 with float32 scales); compute is float32 either way")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="numpy (default) or cupy (a GPU)")
+    p.add_argument("--gpu-layers", type=int, default=-1, metavar="N",
+                   help="with --backend cupy: the first N layers on the GPU (-1, the default: all, with the "
+                        "embedding and classifier; 0: none)")
     p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default 1: off)")
     p.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely tokens (default 0: off)")
@@ -103,7 +107,8 @@ def _run_generate(args) -> int:
     from .sampler import SamplingParams
 
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    model = load_model(args.model, max_seq_len=args.max_seq_len, dtype=args.dtype)
+    model = load_model(args.model, max_seq_len=args.max_seq_len, dtype=args.dtype, backend=args.backend,
+                       gpu_layers=args.gpu_layers)
     tokenizer = _resolve_tokenizer(args, model)
     gen = generate(model, _prompt_ids(args, tokenizer), args.max_new_tokens, sampling=sampling,
                    seed=args.seed, ignore_eos=args.ignore_eos)

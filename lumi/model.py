@@ -16,8 +16,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .backends import CPU, Device, placement
 from .config import ModelConfig
-from .errors import LumiError
+from .errors import LumiError, UsageError
 from .kvcache import KVCache
 from .weights import (STORAGE_DTYPES, BlockQ8, HalfMatrix, resident, stack_rows, to_float32, to_storage,
                       widened_matmul_t)
@@ -127,7 +128,7 @@ def embed(table, tokens, xp):
     """Rows of the token-embedding table (V, d) as float32 (T, d), a copy the forward pass owns."""
     if isinstance(table, (HalfMatrix, BlockQ8)):
         return table.rows(tokens)
-    return table[xp.asarray(tokens)]
+    return table[tokens]
 
 
 def update_cache(cache: KVCache, layer: int, start_pos: int, k, v):
@@ -156,6 +157,7 @@ class Layer:
     ffn_norm: object  # (d,)
     w13: object  # (2h, d): gate w1 and up w3 stacked
     w2: object  # (d, h)
+    device: Device = CPU  # where this layer's weights and KV cache live
 
 
 # Weights whose rows the model stacks into one product (q, k, v; gate, up). A
@@ -163,15 +165,15 @@ class Layer:
 STACKED_ROWS = (("attention.wq", "attention.wk", "attention.wv"), ("feed_forward.w1", "feed_forward.w3"))
 
 
-def _vector(xp, *arrays):
-    """Norm weights and biases: one float32 vector on xp's device (several concatenated)."""
-    return xp.asarray(np.ascontiguousarray(np.concatenate([to_float32(a) for a in arrays])))
+def _vector(device: Device, *arrays):
+    """Norm weights and biases: one float32 vector on the device (several concatenated)."""
+    return device.to_device(np.ascontiguousarray(np.concatenate([to_float32(a) for a in arrays])))
 
 
-def _matrix(xp, dtype: str, *arrays):
-    """A matrix in its storage dtype and the process's own memory, the rows of several stacked; fp32 ones on xp's device."""
+def _matrix(device: Device, dtype: str, *arrays):
+    """A matrix in its storage dtype and the process's own memory, the rows of several stacked; fp32 ones on the device."""
     w = resident(to_storage(stack_rows(list(arrays)), dtype))
-    return xp.asarray(w) if isinstance(w, np.ndarray) else w
+    return device.to_device(w) if isinstance(w, np.ndarray) else w
 
 
 class Model:
@@ -182,7 +184,7 @@ class Model:
     """
 
     def __init__(self, config: ModelConfig, weights: dict, *, max_seq_len: int | None = None, dtype: str = "fp32",
-                 xp=np):
+                 device: Device = CPU, gpu_layers: int = 0):
         if max_seq_len is None:
             max_seq_len = config.max_seq_len
         if not 0 < max_seq_len <= config.max_seq_len:
@@ -196,40 +198,49 @@ class Model:
                 raise LumiError(f"weight {name} has shape {tuple(weights[name].shape)}, config needs {shape}")
         if dtype not in STORAGE_DTYPES:
             raise LumiError(f"--dtype: must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+        on_device, head_on_device = placement(config.n_layers, gpu_layers)  # checks the count for every backend
+        if device is CPU:
+            on_device, head_on_device = [False] * config.n_layers, False
+        if dtype != "fp32" and not device.host_memory and (head_on_device or any(on_device)):
+            raise UsageError("--dtype", f"{dtype} weights on {device.name} are not supported yet (fp32 only there)")
         self.config = config
         self.max_seq_len = max_seq_len
         self.dtype = dtype
-        self.xp = xp
+        self.head = device if head_on_device else CPU  # embedding, final norm, classifier
+        self.placement = [device if d else CPU for d in on_device]
         c, w = config, weights
-        self.tok_embeddings = _matrix(xp, dtype, w["tok_embeddings"])  # (V, d)
+        self.tok_embeddings = _matrix(self.head, dtype, w["tok_embeddings"])  # (V, d)
         self.layers = []
-        for i in range(c.n_layers):
+        for i, dev in enumerate(self.placement):
             p = f"layers.{i}."
             bias = None
             if c.attention_bias:
-                bias = _vector(xp, w[p + "attention.bq"], w[p + "attention.bk"], w[p + "attention.bv"])
+                bias = _vector(dev, w[p + "attention.bq"], w[p + "attention.bk"], w[p + "attention.bv"])
             self.layers.append(
                 Layer(
-                    attention_norm=_vector(xp, w[p + "attention_norm"]),
-                    wqkv=_matrix(xp, dtype, *(w[p + n] for n in STACKED_ROWS[0])),
+                    attention_norm=_vector(dev, w[p + "attention_norm"]),
+                    wqkv=_matrix(dev, dtype, *(w[p + n] for n in STACKED_ROWS[0])),
                     bqkv=bias,
-                    wo=_matrix(xp, dtype, w[p + "attention.wo"]),
-                    ffn_norm=_vector(xp, w[p + "ffn_norm"]),
-                    w13=_matrix(xp, dtype, *(w[p + n] for n in STACKED_ROWS[1])),
-                    w2=_matrix(xp, dtype, w[p + "feed_forward.w2"]),
+                    wo=_matrix(dev, dtype, w[p + "attention.wo"]),
+                    ffn_norm=_vector(dev, w[p + "ffn_norm"]),
+                    w13=_matrix(dev, dtype, *(w[p + n] for n in STACKED_ROWS[1])),
+                    w2=_matrix(dev, dtype, w[p + "feed_forward.w2"]),
+                    device=dev,
                 )
             )
-        self.norm = _vector(xp, w["norm"])  # (d,)
-        self.output = self.tok_embeddings if c.tie_embeddings else _matrix(xp, dtype, w["output"])  # (V, d)
+        self.norm = _vector(self.head, w["norm"])  # (d,)
+        self.output = self.tok_embeddings if c.tie_embeddings else _matrix(self.head, dtype, w["output"])  # (V, d)
         self.eps = F32(c.norm_eps)
         self.ops = SimpleNamespace(**OPS)
-        self.cos, self.sin = rope_tables(c.head_dim, max_seq_len, c.rope_theta, xp, c.rope_scaling)
+        self.rope = {}  # device -> (cos, sin), each (max_seq_len, hd/2), on every device a layer uses
+        for dev in {self.head, *self.placement}:
+            self.rope[dev] = rope_tables(c.head_dim, max_seq_len, c.rope_theta, dev.xp, c.rope_scaling)
         self.reset()
 
     def reset(self):
         """Forget the context: a fresh, empty KV cache."""
         c = self.config
-        self.cache = KVCache(c.n_layers, c.n_kv_heads, self.max_seq_len, c.head_dim, [self.xp] * c.n_layers)
+        self.cache = KVCache(c.n_layers, c.n_kv_heads, self.max_seq_len, c.head_dim, [d.xp for d in self.placement])
 
     def weight_arrays(self) -> dict[str, object]:
         """Every weight the products read, by name (shared arrays listed once)."""
@@ -238,7 +249,7 @@ class Model:
             arrays["output"] = self.output
         for i, layer in enumerate(self.layers):
             for field, a in vars(layer).items():
-                if a is not None:
+                if a is not None and field != "device":
                     arrays[f"layers.{i}.{field}"] = a
         return arrays
 
@@ -267,12 +278,12 @@ class Model:
     def forward(self, tokens, start_pos: int):
         """Logits (T, V) float32 for every position of tokens (T,) placed at start_pos.."""
         x = self._hidden(tokens, start_pos)
-        return self.ops.matmul(x, self.output)
+        return self.head.to_host(self.ops.matmul(x, self.output))
 
     def prefill(self, tokens, start_pos: int = 0):
         """Run a prompt at once (matrix-matrix products); logits (V,) of its last position only."""
         x = self._hidden(tokens, start_pos)
-        return self.ops.matmul(x[-1:], self.output)[0]
+        return self.head.to_host(self.ops.matmul(x[-1:], self.output)[0])
 
     def decode(self, token: int, pos: int):
         """One token at ``pos``; its logits (V,)."""
@@ -297,12 +308,16 @@ class Model:
         """Final-normed hidden states (T, d) for tokens at start_pos.."""
         tokens = np.asarray(tokens)
         self._check(tokens, start_pos)
-        c, xp, ops = self.config, self.xp, self.ops
+        c, ops = self.config, self.ops
         T, H, Hkv, hd = len(tokens), c.n_heads, c.n_kv_heads, c.head_dim
-        cos = self.cos[start_pos : start_pos + T]  # (T, hd/2)
-        sin = self.sin[start_pos : start_pos + T]
-        x = ops.embed(self.tok_embeddings, tokens, xp)  # (T, d)
+        here = self.head  # where x lives: activations cross a device boundary once per boundary per step
+        x = ops.embed(self.tok_embeddings, here.to_device(tokens), here.xp)  # (T, d)
         for i, layer in enumerate(self.layers):
+            dev, xp = layer.device, layer.device.xp
+            if dev is not here:
+                x = dev.to_device(here.to_host(x))
+                here = dev
+            cos, sin = (table[start_pos : start_pos + T] for table in self.rope[dev])  # (T, hd/2)
             h = ops.norm(x, layer.attention_norm, self.eps, xp)
             qkv = ops.matmul(h, layer.wqkv)  # (T, d + 2 kv_dim)
             if layer.bqkv is not None:
@@ -316,4 +331,7 @@ class Model:
             x += ops.matmul(ops.attention(q, keys, values, start_pos, xp), layer.wo)
             h = ops.norm(x, layer.ffn_norm, self.eps, xp)
             x += ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2)
+        if here is not self.head:
+            x = self.head.to_device(here.to_host(x))
+        xp = self.head.xp
         return ops.norm(x, self.norm, self.eps, xp)

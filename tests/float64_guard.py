@@ -14,6 +14,8 @@ import types
 
 import numpy as np
 
+from lumi.backends import Device
+
 
 class Float64Error(AssertionError):
     pass
@@ -83,3 +85,8 @@ def _module():
 
 
 GUARD = _module()
+
+
+# The guard as a device the whole model can be placed on (``gpu_layers=-1``); its arrays are
+# still NumPy arrays in host memory, so every storage dtype runs on it.
+GUARD_DEVICE = Device("float64-guard", GUARD, GUARD.asarray, np.asarray, host_memory=True)

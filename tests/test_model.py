@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from float64_guard import GUARD, Float64Error, GuardedArray
+from float64_guard import GUARD, GUARD_DEVICE, Float64Error, GuardedArray
 from helpers import greedy, synthetic_model
 
 import lumi
@@ -78,8 +78,8 @@ def test_no_float64_anywhere_in_prefill_and_decode():
     for preset, changes in (("stories260K", {}), ("stories260K", dict(rope_layout="half", attention_bias=True,
                                                                         tie_embeddings=False))):
         config = PRESETS[preset].replace(**changes)
-        model = Model(config, synthetic_weights(config), xp=GUARD)
-        assert isinstance(model.layers[0].wqkv, GuardedArray) and isinstance(model.cos, GuardedArray)
+        model = Model(config, synthetic_weights(config), device=GUARD_DEVICE, gpu_layers=-1)
+        assert isinstance(model.layers[0].wqkv, GuardedArray) and isinstance(model.rope[GUARD_DEVICE][0], GuardedArray)
         before = GuardedArray.checks
         logits = model.forward(np.array([1, 2, 3, 4], dtype=np.int32), 0)
         logits = model.decode(5, 4)

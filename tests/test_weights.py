@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from conftest import asset
-from float64_guard import GUARD, GuardedArray
+from float64_guard import GUARD_DEVICE, GuardedArray
 
 import lumi
 from lumi.config import PRESETS
@@ -92,7 +92,7 @@ def test_models_in_every_dtype_stay_float32_and_close_to_fp32(dtype):
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 def test_no_float64_with_16_bit_and_int8_storage(dtype):
     config = PRESETS["stories260K"]
-    model = Model(config, synthetic_weights(config), dtype=dtype, xp=GUARD)
+    model = Model(config, synthetic_weights(config), dtype=dtype, device=GUARD_DEVICE, gpu_layers=-1)
     before = GuardedArray.checks
     model.forward(np.array([1, 2, 3], dtype=np.int32), 0)
     assert model.decode(4, 3).dtype == np.float32

@@ -1,0 +1,144 @@
+"""Placement across a device boundary, exercised on the CPU with a stand-in device.
+
+``FAKE`` behaves like CuPy where it matters here: its arrays refuse to mix with
+host arrays in any operation, and every crossing goes through ``to_device`` or
+``to_host``, which count. So the tests show, without a GPU, that each layer's
+weights and cache live on its device and that activations cross a boundary
+once per boundary per step.
+"""
+
+import types
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import lumi
+from lumi.backends import CPU, Device, get_device, placement
+from lumi.config import PRESETS
+from lumi.errors import UsageError
+from lumi.formats.synthetic import synthetic_weights
+from lumi.model import Model
+
+
+class DeviceArray(np.ndarray):
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        _refuse_host(inputs + (out or ()), ufunc.__name__)
+        inputs = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs)
+        if out is not None:
+            kwargs["out"] = tuple(x.view(np.ndarray) for x in out)
+        return _on_device(getattr(ufunc, method)(*inputs, **kwargs))
+
+    def __array_function__(self, func, types_, args, kwargs):
+        _refuse_host(tuple(a for a in args if isinstance(a, np.ndarray)), func.__name__)
+        return _on_device(super().__array_function__(func, types_, args, kwargs))
+
+
+def _refuse_host(arrays, where):
+    for a in arrays:
+        if isinstance(a, np.ndarray) and not isinstance(a, DeviceArray) and a.ndim:
+            raise TypeError(f"{where}: a host array met a device array (a missed transfer)")
+
+
+def _on_device(result):
+    if isinstance(result, tuple):
+        return tuple(_on_device(r) for r in result)
+    return result.view(DeviceArray) if isinstance(result, np.ndarray) and not isinstance(result, DeviceArray) \
+        else result
+
+
+COPIES = Counter()
+
+
+def _to_device(host):
+    assert not isinstance(host, DeviceArray), "to_device of an array already on the device"
+    COPIES["h2d"] += 1
+    return np.array(host).view(DeviceArray)
+
+
+def _to_host(dev):
+    assert isinstance(dev, DeviceArray), "to_host of a host array"
+    COPIES["d2h"] += 1
+    return np.array(dev.view(np.ndarray))
+
+
+def _fake_xp():
+    def wrap(f):
+        return lambda *a, **k: _on_device(f(*a, **k))
+
+    names = {n: getattr(np, n) for n in dir(np) if not n.startswith("_") and hasattr(np, n)}
+    return types.SimpleNamespace(**{n: wrap(f) if callable(f) and not isinstance(f, type) else f
+                                    for n, f in names.items()})
+
+
+FAKE = Device("fake-gpu", _fake_xp(), _to_device, _to_host)  # host_memory=False: like a GPU
+
+
+def test_the_stand_in_refuses_mixing():
+    with pytest.raises(TypeError, match="missed transfer"):
+        _to_device(np.ones(3)) + np.ones(3)
+    config = PRESETS["stories260K"]
+    model = Model(config, synthetic_weights(config), device=FAKE, gpu_layers=2)
+    model.rope[FAKE] = model.rope[CPU]  # a table left on the host: the forward pass must trip over it
+    with pytest.raises(TypeError, match="missed transfer"):
+        model.forward(np.array([1, 2], dtype=np.int32), 0)
+
+
+@pytest.mark.parametrize("gpu_layers", [0, 2, 5, -1])
+def test_logits_match_the_cpu_for_every_placement(gpu_layers):
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config, seed=1)
+    tokens = np.array([1, 20, 40, 60], dtype=np.int32)
+    expected = Model(config, weights).forward(tokens, 0)
+    model = Model(config, weights, device=FAKE, gpu_layers=gpu_layers)
+    on = [layer.device is FAKE for layer in model.layers]
+    assert on == [gpu_layers == -1 or i < gpu_layers for i in range(config.n_layers)]
+    assert (model.head is FAKE) == (gpu_layers == -1)
+    for layer, cache_k in zip(model.layers, model.cache.k):  # weights and KV cache on the layer's device
+        assert isinstance(layer.wqkv, DeviceArray) == (layer.device is FAKE)
+        assert isinstance(cache_k, DeviceArray) == (layer.device is FAKE)
+    logits = model.forward(tokens, 0)
+    assert type(logits) is np.ndarray  # logits come back to the host
+    assert np.abs(logits - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("gpu_layers, h2d, d2h", [(0, 0, 0), (2, 1, 1), (5, 1, 1), (-1, 1, 1)])
+def test_one_copy_each_way_per_boundary_per_step(gpu_layers, h2d, d2h):
+    """Partial offload: x goes up before layer 0 and down after the last device layer.
+    Everything on the device: the token ids go up and the logits come down; weights never move."""
+    config = PRESETS["stories260K"]
+    model = Model(config, synthetic_weights(config), device=FAKE, gpu_layers=gpu_layers)
+    model.prefill(np.array([1, 2, 3], dtype=np.int32), 0)
+    for pos in range(3, 8):
+        COPIES.clear()
+        model.decode(5, pos)
+        assert COPIES == Counter({k: v for k, v in (("h2d", h2d), ("d2h", d2h)) if v}), (gpu_layers, COPIES)
+
+
+def test_placement_rules_and_errors():
+    assert placement(4, 0) == ([False] * 4, False)
+    assert placement(4, 2) == ([True, True, False, False], False)
+    assert placement(4, -1) == ([True] * 4, True)
+    for bad in (5, -2):
+        with pytest.raises(UsageError, match="--gpu-layers"):
+            placement(4, bad)
+    with pytest.raises(UsageError, match="--gpu-layers"):
+        lumi.load_model("synthetic:stories260K", gpu_layers=6)
+    with pytest.raises(UsageError, match="bf16 weights on fake-gpu are not supported yet"):
+        Model(PRESETS["stories260K"], synthetic_weights(PRESETS["stories260K"]), dtype="bf16", device=FAKE,
+              gpu_layers=1)
+    assert get_device("numpy") is CPU
+
+
+def test_cupy_backend_without_cupy_is_a_one_line_error(capsys):
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("CuPy is installed here")
+    from lumi.cli import main
+
+    assert main(["generate", "synthetic:stories260K", "--prompt-ids", "1", "--backend", "cupy"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--backend: cupy: CuPy is not installed" in err
