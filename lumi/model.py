@@ -333,5 +333,4 @@ class Model:
             x += ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2)
         if here is not self.head:
             x = self.head.to_device(here.to_host(x))
-        xp = self.head.xp
-        return ops.norm(x, self.norm, self.eps, xp)
+        return ops.norm(x, self.norm, self.eps, self.head.xp)
