@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -397,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    log = logging.getLogger("lumi")  # notices on long work (e.g. drawing a big synthetic model once) go to stderr
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("lumi: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)

@@ -11,6 +11,7 @@ two correct code paths would disagree on ids for no reason.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -24,6 +25,7 @@ from ..config import PRESETS, ModelConfig
 from ..errors import UsageError
 from ..model import STACKED_ROWS
 
+log = logging.getLogger("lumi")
 PREFIX = "synthetic:"
 LOGIT_STD = 16.0  # spread of the logits; sets the greedy top-1/top-2 margins
 # Norm of a token's embedding relative to sqrt(dim). Kept small: the first norm
@@ -146,6 +148,7 @@ def _cached_weights(config: ModelConfig, preset: str, seed: int) -> dict[str, np
             path.parent.mkdir(parents=True, exist_ok=True)
             if shutil.disk_usage(path.parent).free < 4 * n + (1 << 30):
                 return None
+            log.info("drawing synthetic %s weights once into %s (%.1f GiB)", preset, path, 4 * n / 2**30)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             try:
                 flat = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n,))
