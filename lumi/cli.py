@@ -44,6 +44,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
                    help="weight storage: fp32 (default), fp16/bf16 (16 bits, widened block by block), "
                         "int8 (blocks of 32 with float32 scales); compute is float32 either way")
+    p.add_argument("--threads", type=int, metavar="N", help="BLAS threads (threadpoolctl); default: the library's own")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="numpy (default) or cupy (a GPU)")
     p.add_argument("--gpu-layers", type=int, default=-1, metavar="N",
                    help="with --backend cupy: the first N layers on the GPU (-1, the default: all, with the "
@@ -103,6 +104,15 @@ def _prompt_ids(args, tokenizer) -> list[int]:
 
 
 def _run_generate(args) -> int:
+    from .bench.runner import thread_limit
+
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads", f"must be >= 1, got {args.threads}")
+    with thread_limit(args.threads):
+        return _generate(args)
+
+
+def _generate(args) -> int:
     from . import load_model
     from .generate import generate
     from .sampler import SamplingParams

@@ -175,3 +175,11 @@ def test_info_describes_without_running(capsys, tmp_path):
     assert code == 0 and "128256" in out and "8.03 B" in out
     code, out, err = run(capsys, "info", str(tmp_path / "absent.bin"))
     assert code == 2 and "no such file" in err
+
+
+def test_threads_option(capsys):
+    code, out, err = run(capsys, "generate", "synthetic:stories260K", "--prompt-ids", "1", "-n", "4", "--threads", "1",
+                         "--ignore-eos", "--json")
+    assert code == 0 and len(json.loads(out)["generated_ids"]) == 4
+    code, out, err = run(capsys, "generate", "synthetic:stories260K", "--prompt-ids", "1", "--threads", "0")
+    assert code == 2 and "--threads" in err
