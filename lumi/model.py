@@ -47,8 +47,10 @@ def linear(x, w):
 
 def rmsnorm(x, w, eps, xp):
     """x (T, d) * w (d,) / rms(x). [Zhang & Sennrich 2019, eq. 4]"""
-    ms = xp.mean(x * x, axis=-1, keepdims=True)  # (T, 1)
-    return x * (1 / xp.sqrt(ms + eps)) * w
+    s = (x * x).sum(axis=-1, keepdims=True)  # (T, 1); in place below: fewer passes than mean/sqrt/divide
+    s *= F32(1 / x.shape[-1])
+    s += eps
+    return x * (w / xp.sqrt(s))
 
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float, xp, scaling=None):
@@ -120,8 +122,13 @@ def attention(q, k, v, start_pos: int, xp):
 def swiglu(gu, hidden_dim: int, xp):
     """silu(gate) * up from gu = x @ [w1; w3].T (T, 2h): the SwiGLU activation. [arxiv 2002.05202, eq. 6]"""
     gate, up = gu[:, :hidden_dim], gu[:, hidden_dim:]
-    # silu(z) = z * sigmoid(z), sigmoid(z) = (1 + tanh(z/2)) / 2: no exp overflow
-    return gate * (1 + xp.tanh(gate * F32(0.5))) * F32(0.5) * up  # (T, h)
+    # silu(z) = z * sigmoid(z), sigmoid(z) = (1 + tanh(z/2)) / 2: no exp overflow; one temporary, then in place
+    act = xp.tanh(gate * F32(0.5))  # (T, h)
+    act += 1
+    act *= gate
+    act *= up
+    act *= F32(0.5)
+    return act
 
 
 def embed(table, tokens, xp):
