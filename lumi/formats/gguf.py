@@ -155,27 +155,30 @@ class GGUFFile:
         return self.file.error(field, problem)
 
     # typed metadata access: each raises a CheckpointError naming the key
-    def get_int(self, key: str, default: Any = ..., lo: int | None = None, hi: int | None = None) -> int:
+    def _meta(self, key: str, default: Any, types, wanted: str):
+        """The key's record, checked to be one of ``types``; None when it is absent and ``default`` is given."""
         meta = self.metadata.get(key)
         if meta is None:
             if default is ...:
                 raise self.error(key, "missing (required for this model)")
+            return None
+        if meta.type not in types:
+            raise self.error(key, f"must be {wanted}, got a {VALUE_TYPES[meta.type][0]}")
+        return meta
+
+    def get_int(self, key: str, default: Any = ..., lo: int | None = None, hi: int | None = None) -> int:
+        meta = self._meta(key, default, _INTEGER_TYPES, "an integer")
+        if meta is None:
             return default
-        if meta.type not in _INTEGER_TYPES:
-            raise self.error(key, f"must be an integer, got a {VALUE_TYPES[meta.type][0]}")
         value = int(meta.value)
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise self.error(key, f"must be in {lo}..{hi}, got {value}")
         return value
 
     def get_float(self, key: str, default: Any = ...) -> float:
-        meta = self.metadata.get(key)
+        meta = self._meta(key, default, _FLOAT_TYPES | _INTEGER_TYPES, "a number")
         if meta is None:
-            if default is ...:
-                raise self.error(key, "missing (required for this model)")
             return default
-        if meta.type not in _FLOAT_TYPES | _INTEGER_TYPES:
-            raise self.error(key, f"must be a number, got a {VALUE_TYPES[meta.type][0]}")
         # a float32 as its shortest decimal (1e-05, not 9.99999974e-06): the value the writer meant
         value = float(str(np.float32(meta.value))) if meta.type == 6 else float(meta.value)
         if not math.isfinite(value):
@@ -183,38 +186,25 @@ class GGUFFile:
         return value
 
     def get_str(self, key: str, default: Any = ...) -> str:
-        meta = self.metadata.get(key)
+        meta = self._meta(key, default, {STRING}, "a string")
         if meta is None:
-            if default is ...:
-                raise self.error(key, "missing (required for this model)")
             return default
-        if meta.type != STRING:
-            raise self.error(key, f"must be a string, got a {VALUE_TYPES[meta.type][0]}")
         try:
             return meta.value.decode("utf-8")
         except UnicodeDecodeError:
             raise self.error(key, "is not valid UTF-8") from None
 
     def get_bool(self, key: str, default: Any = ...) -> bool:
-        meta = self.metadata.get(key)
-        if meta is None:
-            if default is ...:
-                raise self.error(key, "missing (required for this model)")
-            return default
-        if meta.type != 7:
-            raise self.error(key, f"must be a bool, got a {VALUE_TYPES[meta.type][0]}")
-        return bool(meta.value)
+        meta = self._meta(key, default, {7}, "a bool")
+        return default if meta is None else bool(meta.value)
 
     def get_array(self, key: str, element_types: set[int], default: Any = ...):
-        meta = self.metadata.get(key)
+        wanted = "an array of " + " or ".join(sorted(VALUE_TYPES[t][0] for t in element_types))
+        meta = self._meta(key, default, {ARRAY}, wanted)
         if meta is None:
-            if default is ...:
-                raise self.error(key, "missing (required for this model)")
             return default
-        if meta.type != ARRAY or meta.element_type not in element_types:
-            kind = VALUE_TYPES[meta.type][0] if meta.type != ARRAY else f"array of {VALUE_TYPES[meta.element_type][0]}"
-            wanted = " or ".join(sorted(VALUE_TYPES[t][0] for t in element_types))
-            raise self.error(key, f"must be an array of {wanted}, got a {kind}")
+        if meta.element_type not in element_types:
+            raise self.error(key, f"must be {wanted}, got an array of {VALUE_TYPES[meta.element_type][0]}")
         return meta.value
 
 
