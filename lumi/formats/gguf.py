@@ -231,6 +231,14 @@ class _Reader:
         self.pos += n
         return value
 
+    def text(self, field: str, limit: int) -> str:
+        """A string that must be UTF-8 (keys, tensor names)."""
+        raw = self.string(field, limit)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.f.error(field, f"is not valid UTF-8: {raw[:40]!r}") from None
+
     def value(self, vtype: int, field: str, depth: int = 0) -> MetaValue:
         if vtype not in VALUE_TYPES:
             raise self.f.error(field, f"unknown value type {vtype} (known: 0..12)")
@@ -301,11 +309,7 @@ def read_gguf_header(path: str | os.PathLike) -> GGUFFile:
 
     metadata: dict[str, MetaValue] = {}
     for i in range(n_kv):
-        raw = r.string(f"metadata[{i}].key", MAX_KEY_BYTES)
-        try:
-            key = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise f.error(f"metadata[{i}].key", f"is not valid UTF-8: {raw[:40]!r}") from None
+        key = r.text(f"metadata[{i}].key", MAX_KEY_BYTES)
         if key in metadata:
             raise f.error(key, "duplicate metadata key")
         vtype = r.scalar("<I", f"{key}.type")
@@ -323,11 +327,7 @@ def read_gguf_header(path: str | os.PathLike) -> GGUFFile:
     infos: list[tuple[str, tuple[int, ...], int, int, int]] = []
     names: set[str] = set()
     for i in range(n_tensors):
-        raw = r.string(f"tensor[{i}].name", MAX_TENSOR_NAME_BYTES)
-        try:
-            name = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise f.error(f"tensor[{i}].name", f"is not valid UTF-8: {raw[:40]!r}") from None
+        name = r.text(f"tensor[{i}].name", MAX_TENSOR_NAME_BYTES)
         if name in names:
             raise f.error(name, "duplicate tensor name")
         names.add(name)
