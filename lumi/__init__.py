@@ -19,7 +19,6 @@ from .formats import load_checkpoint
 from .generate import Generation, generate
 from .model import Model
 from .sampler import SamplingParams
-from .weights import STORAGE_DTYPES
 
 
 def load_model(spec: str | os.PathLike, *, max_seq_len: int | None = None, dtype: str = "fp32",
@@ -34,13 +33,7 @@ def load_model(spec: str | os.PathLike, *, max_seq_len: int | None = None, dtype
     """
     device = get_device(backend)  # before loading: a missing CuPy or GPU is a one-line error at once
     config, weights = load_checkpoint(spec)
-    if max_seq_len is not None and not 0 < max_seq_len <= config.max_seq_len:
-        raise UsageError("--max-seq-len", f"must be in 1..{config.max_seq_len} (the model's context), got {max_seq_len}")
-    if dtype not in STORAGE_DTYPES:
-        raise UsageError("--dtype", f"must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
-    model = Model(config, weights, max_seq_len=max_seq_len, dtype=dtype, device=device, gpu_layers=gpu_layers)
-    model.source = os.fspath(spec)
-    return model
+    return Model(config, weights, max_seq_len=max_seq_len, dtype=dtype, device=device, gpu_layers=gpu_layers)
 
 
 __all__ = [

@@ -2,7 +2,8 @@
 
 Functions over float32 arrays, plus one thin ``Model`` holding the config, the
 weights in the layout the products want, and the KV cache. The array module
-``xp`` (numpy here; cupy later) is passed explicitly, never swapped globally.
+``xp`` of each layer's device (``backends.Device``: NumPy, or CuPy on a GPU) is
+passed explicitly, never swapped globally.
 
 Shapes: T tokens in this call, L = start_pos + T live positions, d = dim,
 H / Hkv query / key-value heads, hd = head_dim, g = H // Hkv, V = vocab.
@@ -131,7 +132,7 @@ def swiglu(gu, hidden_dim: int, xp):
     return act
 
 
-def embed(table, tokens, xp):
+def embed(table, tokens):
     """Rows of the token-embedding table (V, d) as float32 (T, d), a copy the forward pass owns."""
     if isinstance(table, (HalfMatrix, BlockQ8)):
         return table.rows(tokens)
@@ -195,7 +196,7 @@ class Model:
         if max_seq_len is None:
             max_seq_len = config.max_seq_len
         if not 0 < max_seq_len <= config.max_seq_len:
-            raise LumiError(f"max_seq_len must be in 1..{config.max_seq_len} (the model's context), got {max_seq_len}")
+            raise UsageError("--max-seq-len", f"must be in 1..{config.max_seq_len} (the model's context), got {max_seq_len}")
         expected = config.tensor_shapes()
         missing = sorted(set(expected) - set(weights))
         if missing:
@@ -204,7 +205,7 @@ class Model:
             if tuple(weights[name].shape) != shape:
                 raise LumiError(f"weight {name} has shape {tuple(weights[name].shape)}, config needs {shape}")
         if dtype not in STORAGE_DTYPES:
-            raise LumiError(f"--dtype: must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+            raise UsageError("--dtype", f"must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
         on_device, head_on_device = placement(config.n_layers, gpu_layers)  # checks the count for every backend
         if device is CPU:
             on_device, head_on_device = [False] * config.n_layers, False
@@ -318,7 +319,7 @@ class Model:
         c, ops = self.config, self.ops
         T, H, Hkv, hd = len(tokens), c.n_heads, c.n_kv_heads, c.head_dim
         here = self.head  # where x lives: activations cross a device boundary once per boundary per step
-        x = ops.embed(self.tok_embeddings, here.to_device(tokens), here.xp)  # (T, d)
+        x = ops.embed(self.tok_embeddings, here.to_device(tokens))  # (T, d)
         for i, layer in enumerate(self.layers):
             dev, xp = layer.device, layer.device.xp
             if dev is not here:

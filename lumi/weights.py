@@ -277,7 +277,8 @@ def stack_rows(parts: list):
         return BlockQ8(stack_rows([p.q for p in parts]), stack_rows([p.scales for p in parts]))
     if len({getattr(p, "dtype", None) for p in parts}) != 1 or any(isinstance(p, BlockQ8) for p in parts):
         parts = [to_float32(p) for p in parts]
-    return _adjacent(parts) if _adjacent(parts) is not None else np.concatenate(parts, axis=0)
+    view = _adjacent(parts)
+    return view if view is not None else np.concatenate(parts, axis=0)
 
 
 def to_storage(w, dtype: str):

@@ -153,7 +153,7 @@ def test_context_and_token_errors():
         model.forward(np.array([1, 512], dtype=np.int32), 0)
     with pytest.raises(lumi.LumiError, match="exceed the context"):
         model.forward(np.array([1, 2], dtype=np.int32), 511)
-    with pytest.raises(lumi.LumiError, match="max_seq_len"):
+    with pytest.raises(lumi.UsageError, match="--max-seq-len"):
         Model(model.config, synthetic_weights(model.config), max_seq_len=513)
 
 
