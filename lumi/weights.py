@@ -196,7 +196,7 @@ class _Blas:
             lib.set_num_threads(n)
 
 
-_BLAS = _Blas()
+BLAS = _Blas()
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -213,18 +213,18 @@ def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
     """
     rows = w.shape[0]
     out = np.empty((x.shape[0], rows), dtype=np.float32)
-    threads = min(_BLAS.threads(), rows) if w.parallel_rows and w.nbytes >= PARALLEL_MIN_BYTES else 1
+    threads = min(BLAS.threads(), rows) if w.parallel_rows and w.nbytes >= PARALLEL_MIN_BYTES else 1
     if threads <= 1:
         _widened_rows(x, w, 0, rows, out)
         return out
     pool = _POOLS.get(threads) or _POOLS.setdefault(threads, ThreadPoolExecutor(threads, "lumi-widen"))
     bounds = [rows * i // threads for i in range(threads + 1)]
-    _BLAS.set(1)
+    BLAS.set(1)
     try:
         for job in [pool.submit(_widened_rows, x, w, bounds[i], bounds[i + 1], out) for i in range(threads)]:
             job.result()
     finally:
-        _BLAS.set(threads)
+        BLAS.set(threads)
     return out
 
 

@@ -112,7 +112,7 @@ def test_16_bit_greedy_ids_match_fp32_on_stories260K(assets, dtype, prefix):
 def test_rows_split_across_threads_give_the_same_product(dtype):
     from threadpoolctl import threadpool_limits
 
-    from lumi.weights import PARALLEL_MIN_BYTES, _BLAS
+    from lumi.weights import PARALLEL_MIN_BYTES, BLAS
 
     w = RNG.standard_normal((1500, 4096)).astype(np.float32)  # 6-12 MB stored: above the threading threshold
     x = RNG.standard_normal((2, 4096)).astype(np.float32)
@@ -122,5 +122,5 @@ def test_rows_split_across_threads_give_the_same_product(dtype):
         single = widened_matmul_t(x, stored)
     with threadpool_limits(2):
         split = widened_matmul_t(x, stored)
-        assert _BLAS.threads() == 2  # restored after the call
+        assert BLAS.threads() == 2  # restored after the call
     assert np.abs(single - split).max() <= 1e-6 * np.abs(single).max()  # BLAS kernels differ on block tails

@@ -46,12 +46,11 @@ def thread_limit(threads: int | None):
     return threadpool_limits(limits=threads, user_api="blas")
 
 
-def applied_threads() -> int | None:
-    """The BLAS thread count in force right now."""
-    from threadpoolctl import threadpool_info
+def applied_threads() -> int:
+    """The BLAS thread count in force right now (what the products actually use)."""
+    from ..weights import BLAS
 
-    counts = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
-    return max(counts) if counts else None
+    return BLAS.threads()
 
 
 def prompt_ids(n: int, vocab_size: int) -> list[int]:
