@@ -95,7 +95,7 @@ class ChatSession:
     def position(self) -> int:
         return len(self.ids)
 
-    def reply(self, content: str) -> Generation:
+    def reply(self, content: str) -> _Turn:
         """Feed the user's turn after the cached context and generate the assistant's reply."""
         t = self.template
         if not self.ids and self.system is not None and t.first_user is not None:
@@ -121,15 +121,18 @@ class ChatSession:
         self.pending = tail + self.encode(self.template.after_reply)
 
 
-class _Turn(Generation):
-    """A Generation that hands its tokens back to the session when it ends (or is abandoned)."""
+class _Turn:
+    """A reply: iterate it like the Generation it wraps (its fields read through); when the
+    iteration ends, or is abandoned midway (Ctrl-C), the session takes back its tokens."""
 
     def __init__(self, session: ChatSession, gen: Generation):
-        self.__dict__.update(gen.__dict__)
-        self._session = session
+        self._session, self._gen = session, gen
+
+    def __getattr__(self, name):
+        return getattr(self._gen, name)
 
     def __iter__(self):
         try:
-            yield from super().__iter__()
+            yield from self._gen
         finally:
-            self._session._close(self)
+            self._session._close(self._gen)
