@@ -14,7 +14,9 @@ import os
 import sys
 
 from . import __version__
+from .chat import TEMPLATES
 from .errors import LumiError, UsageError
+from .weights import STORAGE_DTYPES
 
 EXIT_INVALID = 1  # lumi bench: a result whose greedy ids miss its reference
 EXIT_USAGE = 2
@@ -41,7 +43,7 @@ def _add_generate(sub) -> None:
     src.add_argument("--prompt-ids", metavar="IDS", help="comma-separated token ids, used as given (e.g. 1 for BOS)")
     p.add_argument("-n", "--max-new-tokens", type=int, default=256, metavar="N", help="tokens to generate (default 256)")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="cap the context (and the KV cache) below the model's")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+    p.add_argument("--dtype", default="fp32", choices=list(STORAGE_DTYPES),
                    help="weight storage: fp32 (default), fp16/bf16 (16 bits, widened block by block), "
                         "int8 (blocks of 32 with float32 scales); compute is float32 either way")
     p.add_argument("--threads", type=int, metavar="N", help="BLAS threads (threadpoolctl); default: the library's own")
@@ -161,14 +163,14 @@ def _add_chat(sub) -> None:
     p = sub.add_parser("chat", help="chat with a model, keeping the KV cache across turns",
                        description="Interactive chat: one user turn per line on stdin (EOF ends the chat).")
     p.add_argument("model", metavar="MODEL", help="checkpoint path, or synthetic:PRESET[?seed=N]")
-    p.add_argument("--template", required=True, choices=sorted(TEMPLATE_NAMES),
+    p.add_argument("--template", required=True, choices=sorted(TEMPLATES),
                    help="chat format: llama2 (Llama 2 chat), llama3 (Llama 3 instruct), tinyllama (TinyLlama chat), "
                         "chatml (Qwen2 instruct)")
     p.add_argument("--tokenizer", metavar="PATH", help="default: the one beside the checkpoint")
     p.add_argument("--system", metavar="TEXT", help="system prompt")
     p.add_argument("-n", "--max-new-tokens", type=int, default=512, metavar="N", help="longest reply (default 512)")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="cap the context (and the KV cache)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help="weight storage")
+    p.add_argument("--dtype", default="fp32", choices=list(STORAGE_DTYPES), help="weight storage")
     p.add_argument("--temperature", type=float, default=0.7, metavar="T", help="default 0.7; 0 = greedy")
     p.add_argument("--top-p", type=float, default=0.9, metavar="P", help="default 0.9")
     p.add_argument("--top-k", type=int, default=0, metavar="K", help="default 0: off")
@@ -176,12 +178,9 @@ def _add_chat(sub) -> None:
     p.set_defaults(run=_run_chat)
 
 
-TEMPLATE_NAMES = ("llama2", "llama3", "tinyllama", "chatml")
-
-
 def _run_chat(args) -> int:
     from . import load_model
-    from .chat import TEMPLATES, ChatSession
+    from .chat import ChatSession
     from .sampler import SamplingParams
 
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -223,7 +222,7 @@ def _add_info(sub) -> None:
     p = sub.add_parser("info", help="describe a model: architecture, parameters, bytes, memory a run needs",
                        description="Describe a checkpoint or synthetic:PRESET without running it.")
     p.add_argument("model", metavar="MODEL", help="checkpoint path, or synthetic:PRESET[?seed=N]")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help="storage to plan for")
+    p.add_argument("--dtype", default="fp32", choices=list(STORAGE_DTYPES), help="storage to plan for")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="context to plan the KV cache for")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_run_info)
