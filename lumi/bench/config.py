@@ -35,9 +35,10 @@ from pathlib import Path
 import yaml
 
 from ..errors import LumiError
+from ..weights import STORAGE_DTYPES
 
 BACKENDS = ("numpy", "cupy")
-DTYPES = ("fp32", "fp16", "bf16", "int8")
+DTYPES = tuple(STORAGE_DTYPES)
 
 def _config_dir() -> Path:
     """The repository's configs/ in a checkout, or the copy a wheel installs as lumi/configs."""
