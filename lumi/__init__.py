@@ -16,24 +16,28 @@ from .backends import get_device
 from .config import PRESETS, ModelConfig
 from .errors import CheckpointError, LumiError, UsageError
 from .formats import load_checkpoint
+from .fused import check_kernels
 from .generate import Generation, generate
 from .model import Model
 from .sampler import SamplingParams
 
 
 def load_model(spec: str | os.PathLike, *, max_seq_len: int | None = None, dtype: str = "fp32",
-               backend: str = "numpy", gpu_layers: int = -1) -> Model:
+               backend: str = "numpy", gpu_layers: int = -1, kernels: str = "numpy") -> Model:
     """A ready model from a checkpoint path or ``synthetic:PRESET[?seed=N]``.
 
     ``max_seq_len`` caps the context (and so the KV cache) below the model's own;
     ``dtype`` is the weights' storage: "fp32", "fp16", "bf16" (16 bits, widened
     block by block in the products) or "int8" (blocks of 32 with float32 scales).
     ``backend="cupy"`` puts ``gpu_layers`` transformer layers on the GPU (-1: all of
-    them plus the embedding, final norm and classifier; 0: none).
+    them plus the embedding, final norm and classifier; 0: none). ``kernels="numba"``
+    runs decode's products through lumi's fused kernels (``lumi.fused``; needs numba).
     """
     device = get_device(backend)  # before loading: a missing CuPy or GPU is a one-line error at once
+    check_kernels(kernels)
     config, weights = load_checkpoint(spec)
-    return Model(config, weights, max_seq_len=max_seq_len, dtype=dtype, device=device, gpu_layers=gpu_layers)
+    return Model(config, weights, max_seq_len=max_seq_len, dtype=dtype, device=device, gpu_layers=gpu_layers,
+                 kernels=kernels)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ import sys
 from . import __version__
 from .chat import TEMPLATES
 from .errors import LumiError, UsageError
+from .fused import KERNELS
 from .weights import STORAGE_DTYPES
 
 EXIT_INVALID = 1  # lumi bench: a result whose greedy ids miss its reference
@@ -29,6 +30,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def _kernels_option(p) -> None:
+    p.add_argument("--kernels", default="numpy", choices=list(KERNELS),
+                   help="numpy (default): the pure NumPy path; numba: fused one-pass kernels for decode's "
+                        "products (16-bit and int8 weights read once, no float32 copy; needs lumi[fused])")
 
 
 def _add_generate(sub) -> None:
@@ -47,6 +54,7 @@ def _add_generate(sub) -> None:
                    help="weight storage: fp32 (default), fp16/bf16 (16 bits, widened block by block), "
                         "int8 (blocks of 32 with float32 scales); compute is float32 either way")
     p.add_argument("--threads", type=int, metavar="N", help="BLAS threads (threadpoolctl); default: the library's own")
+    _kernels_option(p)
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="numpy (default) or cupy (a GPU)")
     p.add_argument("--gpu-layers", type=int, default=-1, metavar="N",
                    help="with --backend cupy: the first N layers on the GPU (-1, the default: all, with the "
@@ -121,7 +129,7 @@ def _generate(args) -> int:
 
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     model = load_model(args.model, max_seq_len=args.max_seq_len, dtype=args.dtype, backend=args.backend,
-                       gpu_layers=args.gpu_layers)
+                       gpu_layers=args.gpu_layers, kernels=args.kernels)
     tokenizer = _resolve_tokenizer(args, model)
     gen = generate(model, _prompt_ids(args, tokenizer), args.max_new_tokens, sampling=sampling,
                    seed=args.seed, ignore_eos=args.ignore_eos)
@@ -171,6 +179,7 @@ def _add_chat(sub) -> None:
     p.add_argument("-n", "--max-new-tokens", type=int, default=512, metavar="N", help="longest reply (default 512)")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="cap the context (and the KV cache)")
     p.add_argument("--dtype", default="fp32", choices=list(STORAGE_DTYPES), help="weight storage")
+    _kernels_option(p)
     p.add_argument("--temperature", type=float, default=0.7, metavar="T", help="default 0.7; 0 = greedy")
     p.add_argument("--top-p", type=float, default=0.9, metavar="P", help="default 0.9")
     p.add_argument("--top-k", type=int, default=0, metavar="K", help="default 0: off")
@@ -184,7 +193,7 @@ def _run_chat(args) -> int:
     from .sampler import SamplingParams
 
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    model = load_model(args.model, max_seq_len=args.max_seq_len, dtype=args.dtype)
+    model = load_model(args.model, max_seq_len=args.max_seq_len, dtype=args.dtype, kernels=args.kernels)
     tokenizer = _resolve_tokenizer(args, model)
     if tokenizer is None:
         raise UsageError("--tokenizer", "chat needs a tokenizer matching the model's vocabulary")

@@ -83,18 +83,19 @@ class Generation:
         logits = model.prefill(np.asarray(self.prompt_ids, dtype=np.int32), self.start_pos)
         token = sample(logits, self.sampling, self.rng)
         self.stats.prefill_tokens, self.stats.prefill_s = len(self.prompt_ids), time.perf_counter() - t0
-        for pos in range(P, P + self.max_new_tokens):
-            self.generated_ids.append(token)
-            yield token
-            if token in self.stop_ids:
-                self.finish_reason = "stop"
-                return
-            if pos == P + self.max_new_tokens - 1:
-                break
-            t0 = time.perf_counter()
-            token = sample(model.decode(token, pos), self.sampling, self.rng)
-            self.stats.decode_s += time.perf_counter() - t0
-            self.stats.decode_tokens += 1
+        with model.decoding():
+            for pos in range(P, P + self.max_new_tokens):
+                self.generated_ids.append(token)
+                yield token
+                if token in self.stop_ids:
+                    self.finish_reason = "stop"
+                    return
+                if pos == P + self.max_new_tokens - 1:
+                    break
+                t0 = time.perf_counter()
+                token = sample(model.decode(token, pos), self.sampling, self.rng)
+                self.stats.decode_s += time.perf_counter() - t0
+                self.stats.decode_tokens += 1
         self.finish_reason = "length"
 
     def run(self) -> Generation:

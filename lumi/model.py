@@ -12,11 +12,13 @@ H / Hkv query / key-value heads, hd = head_dim, g = H // Hkv, V = vocab.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
+from . import fused
 from .backends import CPU, Device, placement
 from .config import ModelConfig
 from .errors import LumiError, UsageError
@@ -132,6 +134,15 @@ def swiglu(gu, hidden_dim: int, xp):
     return act
 
 
+def fused_linear(x, w):
+    """``linear`` through lumi's fused numba kernel for a single token (``fused.gemv``), else as usual."""
+    if x.shape[0] == 1:
+        out = fused.gemv(x, w)
+        if out is not None:
+            return out
+    return linear(x, w)
+
+
 def embed(table, tokens):
     """Rows of the token-embedding table (V, d) as float32 (T, d), a copy the forward pass owns."""
     if isinstance(table, (HalfMatrix, BlockQ8)):
@@ -192,7 +203,7 @@ class Model:
     """
 
     def __init__(self, config: ModelConfig, weights: dict, *, max_seq_len: int | None = None, dtype: str = "fp32",
-                 device: Device = CPU, gpu_layers: int = 0):
+                 device: Device = CPU, gpu_layers: int = 0, kernels: str = "numpy"):
         if max_seq_len is None:
             max_seq_len = config.max_seq_len
         if not 0 < max_seq_len <= config.max_seq_len:
@@ -206,6 +217,7 @@ class Model:
                 raise LumiError(f"weight {name} has shape {tuple(weights[name].shape)}, config needs {shape}")
         if dtype not in STORAGE_DTYPES:
             raise UsageError("--dtype", f"must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+        fused.check_kernels(kernels)
         on_device, head_on_device = placement(config.n_layers, gpu_layers)  # checks the count for every backend
         if device is CPU:
             on_device, head_on_device = [False] * config.n_layers, False
@@ -214,6 +226,10 @@ class Model:
         self.config = config
         self.max_seq_len = max_seq_len
         self.dtype = dtype
+        if kernels == "numba" and not device.host_memory and (head_on_device or any(on_device)):
+            raise UsageError("--kernels", f"numba kernels run on the CPU; layers on {device.name} cannot use them")
+        self.kernels = kernels
+        self._decoding = False
         self.head = device if head_on_device else CPU  # embedding, final norm, classifier
         self.placement = [device if d else CPU for d in on_device]
         c, w = config, weights
@@ -240,6 +256,8 @@ class Model:
         self.output = self.tok_embeddings if c.tie_embeddings else _matrix(self.head, dtype, w["output"])  # (V, d)
         self.eps = F32(c.norm_eps)
         self.ops = SimpleNamespace(**OPS)
+        if kernels == "numba":
+            self.ops.matmul = fused_linear
         self.rope = {}  # device -> (cos, sin), each (max_seq_len, hd/2), on every device a layer uses
         for dev in {self.head, *self.placement}:
             self.rope[dev] = rope_tables(c.head_dim, max_seq_len, c.rope_theta, dev.xp, c.rope_scaling)
@@ -266,7 +284,9 @@ class Model:
         paths = {}
         for name, a in self.weight_arrays().items():
             kind = name.rsplit(".", 1)[-1]
-            paths.setdefault(kind, getattr(a, "path", "fp32"))
+            product = len(a.shape) == 2 and (kind != "tok_embeddings" or a is self.output)  # not just a row lookup
+            fused_path = fused.path(a) if self.kernels == "numba" and product else None
+            paths.setdefault(kind, fused_path or getattr(a, "path", "fp32"))
         return paths
 
     def weight_bytes(self) -> int:
@@ -294,8 +314,28 @@ class Model:
         return self.head.to_host(self.ops.matmul(x[-1:], self.output)[0])
 
     def decode(self, token: int, pos: int):
-        """One token at ``pos``; its logits (V,)."""
-        return self.prefill(np.array([token], dtype=np.int32), pos)
+        """One token at ``pos``; its logits (V,). Run many inside ``decoding()``."""
+        with self.decoding():
+            return self.prefill(np.array([token], dtype=np.int32), pos)
+
+    @contextmanager
+    def decoding(self):
+        """The scope of a run of decode steps (re-entrant; free with NumPy kernels).
+
+        With numba kernels the products run on numba's threads while BLAS, left with
+        attention's small products, is held at one thread and its pool parked: one
+        active pool at a time. Handing the cores over costs about 60 us, so a
+        generation does it once for all its steps, not per step.
+        """
+        if self.kernels != "numba" or self._decoding:
+            yield
+            return
+        self._decoding = True
+        try:
+            with fused.one_pool():
+                yield
+        finally:
+            self._decoding = False
 
     # -- the transformer -----------------------------------------------------
 

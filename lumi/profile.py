@@ -56,7 +56,7 @@ def profile_decode(model: Model, prompt_ids, steps: int, sampling: SamplingParam
     model.reset()
     token = sample(model.prefill(np.asarray(prompt_ids, dtype=np.int32), 0), sampling, rng)
     total = 0.0
-    with _Timed(model) as timed:
+    with _Timed(model) as timed, model.decoding():
         for pos in range(len(prompt_ids), len(prompt_ids) + steps):
             t0 = time.perf_counter()
             logits = model.decode(token, pos)

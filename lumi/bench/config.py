@@ -11,6 +11,7 @@ llama-bench's.
     tokenizer: null                # optional; ids are synthetic either way
     backend: numpy                 # numpy | cupy
     dtype: fp32                    # fp32 | fp16 | bf16 | int8
+    kernels: numpy                 # numpy | numba (the optional fused decode kernels, lumi[fused])
     gpu_layers: 0                  # int or list; -1 = everything on the GPU
     threads: 1                     # int or list; BLAS threads
     workload:
@@ -35,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import LumiError
+from ..fused import KERNELS
 from ..weights import STORAGE_DTYPES
 
 BACKENDS = ("numpy", "cupy")
@@ -100,6 +102,7 @@ class BenchConfig:
     tokenizer: str | None
     backend: str
     dtype: str
+    kernels: str
     gpu_layers: tuple[int, ...]
     threads: tuple[int, ...]
     prompt_tokens: tuple[int, ...]
@@ -114,7 +117,7 @@ class BenchConfig:
                 itertools.product(self.prompt_tokens, self.gen_tokens, self.threads, self.gpu_layers)]
 
 
-_TOP = {"name", "purpose", "model", "tokenizer", "backend", "dtype", "gpu_layers", "threads", "workload", "tolerance",
+_TOP = {"name", "purpose", "model", "tokenizer", "backend", "dtype", "kernels", "gpu_layers", "threads", "workload", "tolerance",
         "reference"}
 _REQUIRED = ("name", "purpose", "model", "workload")
 _WORKLOAD = {"prompt_tokens", "gen_tokens", "warmup", "repetitions"}
@@ -196,6 +199,7 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
         tokenizer=top.string("tokenizer"),
         backend=top.string("backend", "numpy", BACKENDS),
         dtype=top.string("dtype", "fp32", DTYPES),
+        kernels=top.string("kernels", "numpy", KERNELS),
         gpu_layers=top.axis("gpu_layers", 0, -1),
         threads=top.axis("threads", 1, 1),
         prompt_tokens=work.axis("prompt_tokens", 128, 1),

@@ -30,11 +30,15 @@ METRICS = ("prefill_s", "prefill_tokens_per_s", "ttft_s", "decode_s_per_token", 
 
 
 def check_supported(cfg: BenchConfig) -> None:
-    """A config the engine cannot run yet is a clear error, not a silent fallback."""
+    """A config the engine cannot run yet, or not on this machine, is a clear error, not a silent fallback."""
+    from ..fused import missing
+
     for key, allowed in SUPPORTED.items():
         value = getattr(cfg, key)
         if value not in allowed:
             raise ConfigError(cfg.path, key, f"{value} is not supported by this lumi yet (supported: {', '.join(allowed)})")
+    if cfg.kernels == "numba" and missing():
+        raise ConfigError(cfg.path, "kernels", missing())
 
 
 def thread_limit(threads: int | None):
@@ -79,7 +83,7 @@ class Session:
         if not model_spec.startswith("synthetic:") and not os.path.isabs(model_spec):
             beside = os.path.join(os.path.dirname(cfg.path), model_spec)
             model_spec = beside if os.path.exists(beside) else model_spec
-        self.model = load_model(model_spec, dtype=cfg.dtype)
+        self.model = load_model(model_spec, dtype=cfg.dtype, kernels=cfg.kernels)
         self.load_s = time.perf_counter() - t0
         if context > self.model.max_seq_len:
             raise ConfigError(cfg.path, "workload", f"prompt_tokens + gen_tokens = {context} exceeds the model's "
@@ -130,6 +134,7 @@ def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
         "model": cfg.model,
         "backend": cfg.backend,
         "dtype": cfg.dtype,
+        "kernels": cfg.kernels,
         "threads": point.threads,
         "threads_applied": threads,
         "gpu_layers": point.gpu_layers,

@@ -1,0 +1,106 @@
+"""Optional fused kernels (numba): decode's products in one pass over each weight row.
+
+The pure NumPy path (``weights.widened_matmul_t``) widens a cache-sized block
+of 16-bit or int8 rows into float32 and hands it to BLAS: the widening is a
+pass of its own that NumPy cannot fuse into the product, so bf16 lands near
+fp32's time although it reads half the bytes. Here numba compiles a
+matrix-vector product that reads each stored row once, widens each element in
+a register (bf16: shift into a float's high half; fp16: sign-extend, shift,
+mask, rescale, exact for finite values; int8: times its block's scale),
+accumulates in float32, and takes four rows per pass over the input vector.
+fp32 weights get the same four-row kernel.
+
+Only single-token products (decode) take this path; a prompt's products are
+matrix-matrix work, where BLAS sgemm on widened blocks is already near the
+machine's compute limit. The kernels run on numba's thread pool while BLAS is
+held at one thread (``one_pool``): two pools spinning on the same cores slow
+each other down 1.3-1.9x. numba is an optional extra (``lumi[fused]``); a run
+picks this path with ``--kernels numba`` (``kernels:`` in a bench config) and
+records it in the widening paths it reports.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+
+from .errors import UsageError
+from .weights import BLAS, QK, BlockQ8, HalfMatrix
+
+KERNELS = ("numpy", "numba")  # "numpy": the pure NumPy path, always present and the reference
+_BITS = {"bf16": np.uint16, "fp16": np.int16}  # the views that tell the kernels which 16-bit format they read
+PARALLEL_MIN_BYTES = 1 << 17  # smaller matrices run on the calling thread
+
+
+def missing() -> str | None:
+    """Why the fused path cannot run here, or None when it can."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return "numba is not installed (pip install 'lumi[fused]')"
+    return None
+
+
+def check_kernels(kernels: str) -> None:
+    if kernels not in KERNELS:
+        raise UsageError("--kernels", f"must be one of {', '.join(KERNELS)}, got {kernels!r}")
+    if kernels == "numba" and missing():
+        raise UsageError("--kernels", missing())
+
+
+def kind(w) -> str | None:
+    """Which kernel reads this weight ("fp32", "bf16", "fp16", "int8"), or None: it stays on NumPy's path.
+
+    fp16 tensors holding Inf or NaN keep NumPy's exact cast; int8 needs blocks of QK.
+    """
+    if isinstance(w, BlockQ8):
+        return "int8" if w.q.shape[1] == QK * w.scales.shape[1] else None
+    if isinstance(w, HalfMatrix):
+        return w.storage if w.path != "fp16-numpy-cast" else None
+    if isinstance(w, np.ndarray) and w.dtype == np.float32 and w.ndim == 2 and w.flags.c_contiguous:
+        return "fp32"
+    return None
+
+
+def path(w) -> str | None:
+    """The path name a weight takes here ("bf16-numba-fused", ...), or None if it stays on NumPy's."""
+    k = kind(w)
+    return None if k is None else f"{k}-numba-fused"
+
+
+def gemv(x, w):
+    """x (1, in) @ w.T as float32 (1, out), on numba's threads; None when no kernel reads w."""
+    k = kind(w)
+    if k is None:
+        return None
+    import numba
+
+    from . import fused_kernels as fk
+
+    if k == "int8":
+        serial, parallel, operands = fk.q8_rows, fk.q8_product, (w.q, w.scales)
+    else:
+        serial, parallel, operands = fk.rows, fk.product, (w.a.view(_BITS[k]) if k in _BITS else w,)
+    out = np.empty(w.shape[0], dtype=np.float32)
+    vector = np.ascontiguousarray(x[0], dtype=np.float32)
+    if w.nbytes < PARALLEL_MIN_BYTES:  # starting the pool (about 5 us) would cost more than it saves
+        serial(*operands, vector, out, 0, len(out))
+    else:
+        parallel(*operands, vector, out, numba.get_num_threads())
+    return out[None, :]
+
+
+@contextmanager
+def one_pool():
+    """numba's pool gets BLAS's thread count; BLAS drops to one thread and parks its pool, for the duration."""
+    import numba
+
+    threads = BLAS.threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    BLAS.set(1)
+    BLAS.park()
+    try:
+        yield threads
+    finally:
+        BLAS.set(threads)

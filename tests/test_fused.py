@@ -1,0 +1,174 @@
+"""The optional fused kernels (``--kernels numba``) against the pure NumPy path, the reference."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import asset
+
+pytest.importorskip("numba", reason="numba (lumi[fused], in the test extra) is not installed")
+
+import lumi  # noqa: E402
+from lumi import fused  # noqa: E402
+from lumi.bench.config import load_config  # noqa: E402
+from lumi.cli import main  # noqa: E402
+from lumi.config import PRESETS  # noqa: E402
+from lumi.errors import UsageError  # noqa: E402
+from lumi.formats.synthetic import synthetic_weights  # noqa: E402
+from lumi.model import Model  # noqa: E402
+from lumi.weights import BLAS, BlockQ8, HalfMatrix, quantize_q8, to_storage, widened_matmul_t  # noqa: E402
+
+RNG = np.random.default_rng(0)
+DTYPES = ["fp32", "bf16", "fp16", "int8"]
+
+
+def reference(x, stored):
+    """The NumPy path's product: BLAS on the weights widened block by block."""
+    return x @ stored.T if isinstance(stored, np.ndarray) else widened_matmul_t(x, stored)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, cols", [(7, 64), (5, 96), (1037, 512)])  # row tails; serial and threaded sizes
+def test_fused_product_equals_the_widened_product(dtype, rows, cols):
+    w = RNG.standard_normal((rows, cols)).astype(np.float32)
+    x = RNG.standard_normal((1, cols)).astype(np.float32)
+    stored = to_storage(w, dtype)
+    assert fused.kind(stored) == dtype
+    got = fused.gemv(x, stored)
+    want = reference(x, stored)
+    assert got.shape == (1, rows) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())  # summation order only
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threaded_product_covers_every_row(threads):
+    import numba
+
+    w = to_storage(RNG.standard_normal((4099, 64)).astype(np.float32), "bf16")  # above the threading threshold
+    assert w.nbytes >= fused.PARALLEL_MIN_BYTES
+    x = RNG.standard_normal((1, 64)).astype(np.float32)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    got = fused.gemv(x, w)
+    np.testing.assert_allclose(got, reference(x, w), rtol=0, atol=2e-5 * np.abs(got).max())
+
+
+def test_fp16_bits_are_widened_exactly_for_every_finite_half():
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)]  # 63488 values: subnormals, signed zeros, the largest normals
+    block = HalfMatrix(finite[: len(finite) // 64 * 64].reshape(-1, 64))
+    assert block.path == "fp16-bits"
+    for col in range(64):  # a one-hot x picks out one column: the widened values themselves
+        x = np.zeros((1, 64), dtype=np.float32)
+        x[0, col] = 1
+        np.testing.assert_array_equal(fused.gemv(x, block)[0], block.a[:, col].astype(np.float32))
+
+
+def test_fp16_extremes_widen_exactly():
+    values = np.array([0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 65504, -65504, 1.0, -2.5, 0.333], dtype=np.float16)
+    block = HalfMatrix(np.tile(values[:, None], (1, 64)))
+    x = np.zeros((1, 64), dtype=np.float32)
+    x[0, 3] = 1
+    np.testing.assert_array_equal(fused.gemv(x, block)[0], values.astype(np.float32))
+
+
+def test_weights_without_a_kernel_stay_on_the_numpy_path():
+    with_inf = HalfMatrix(np.array([[1.0, np.inf] * 32], dtype=np.float16))
+    assert with_inf.path == "fp16-numpy-cast" and fused.kind(with_inf) is None
+    per_row = quantize_q8(RNG.standard_normal((4, 40)).astype(np.float32))  # 40 % 32 != 0: one block per row
+    assert isinstance(per_row, BlockQ8) and fused.kind(per_row) is None
+    x = np.ones((1, 40), dtype=np.float32)
+    assert fused.gemv(x, per_row) is None
+    from lumi.model import fused_linear
+
+    np.testing.assert_array_equal(fused_linear(x, per_row), widened_matmul_t(x, per_row))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_model_with_numba_kernels_matches_the_numpy_path(dtype):
+    config = PRESETS["stories15M"].replace(n_layers=2, max_seq_len=64)
+    weights = synthetic_weights(config, seed=3)
+    plain = Model(config, weights, dtype=dtype)
+    fast = Model(config, weights, dtype=dtype, kernels="numba")
+    prompt = np.array([1, 17, 400, 9], dtype=np.int32)
+    a, b = plain.prefill(prompt), fast.prefill(prompt)  # only the classifier (one position) is fused here
+    np.testing.assert_allclose(b, a, rtol=0, atol=5e-4)
+    for pos in range(4, 12):
+        token = int(np.argmax(a))
+        a, b = plain.decode(token, pos), fast.decode(token, pos)
+        assert b.dtype == np.float32
+        np.testing.assert_allclose(b, a, rtol=0, atol=5e-4)  # logits are O(16): fp32 summation order only
+    paths = fast.widening_paths()
+    assert paths["wqkv"] == paths["w2"] == f"{dtype}-numba-fused"
+    assert paths["attention_norm"] == "fp32"
+
+
+def test_golden_ids_with_numba_kernels(assets):
+    checkpoint = asset(assets, "models/stories260K.bin")
+    golden = json.loads(asset(assets, "golden/stories260K_greedy.json").read_text())["generated_ids"]
+    model = lumi.load_model(checkpoint, kernels="numba")
+    assert lumi.generate(model, [1], 256, ignore_eos=True).run().generated_ids == golden
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_16_bit_numba_ids_match_fp32_on_stories260K(assets, dtype):
+    checkpoint = asset(assets, "models/stories260K.bin")
+    golden = json.loads(asset(assets, "golden/stories260K_greedy.json").read_text())["generated_ids"]
+    model = lumi.load_model(checkpoint, dtype=dtype, kernels="numba")
+    assert lumi.generate(model, [1], 32, ignore_eos=True).run().generated_ids == golden[:32]
+
+
+def test_decoding_hands_the_cores_to_numba_and_back():
+    from threadpoolctl import threadpool_limits
+
+    import numba
+
+    model = Model(PRESETS["stories260K"], synthetic_weights(PRESETS["stories260K"]), kernels="numba")
+    with threadpool_limits(2):
+        with model.decoding():
+            assert BLAS.threads() == 1  # BLAS keeps attention's small products, on one thread
+            assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+            with model.decoding():  # re-entrant: a decode step inside a generation hands nothing over
+                model.decode(1, 0)
+                assert BLAS.threads() == 1
+            assert BLAS.threads() == 1
+        assert BLAS.threads() == 2
+        gen = lumi.generate(model, [1, 2], 5, ignore_eos=True)
+        for _ in gen:
+            pass
+        assert BLAS.threads() == 2 and len(gen.generated_ids) == 5
+
+
+def test_numpy_kernels_leave_blas_alone():
+    from threadpoolctl import threadpool_limits
+
+    model = Model(PRESETS["stories260K"], synthetic_weights(PRESETS["stories260K"]))
+    with threadpool_limits(2), model.decoding():
+        assert BLAS.threads() == 2
+
+
+def test_cli_generate_with_numba_kernels(capsys):
+    code = main(["generate", "synthetic:stories260K", "--prompt-ids", "1", "-n", "8", "--json", "--kernels", "numba",
+                 "--dtype", "bf16"])
+    assert code == 0
+    fast = json.loads(capsys.readouterr().out)["generated_ids"]
+    main(["generate", "synthetic:stories260K", "--prompt-ids", "1", "-n", "8", "--json", "--dtype", "bf16"])
+    assert fast == json.loads(capsys.readouterr().out)["generated_ids"]
+
+
+def test_missing_numba_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setattr(fused, "missing", lambda: "numba is not installed (pip install 'lumi[fused]')")
+    with pytest.raises(UsageError, match=r"--kernels: numba is not installed"):
+        lumi.load_model("synthetic:stories260K", kernels="numba")
+    assert main(["generate", "synthetic:stories260K", "--prompt-ids", "1", "-n", "2", "--kernels", "numba"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--kernels" in err and "lumi[fused]" in err and len(err.splitlines()) == 1
+
+
+def test_unknown_kernels_are_refused(tmp_path):
+    with pytest.raises(UsageError, match="--kernels: must be one of numpy, numba"):
+        Model(PRESETS["stories260K"], synthetic_weights(PRESETS["stories260K"]), kernels="triton")
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text("name: k\npurpose: t\nmodel: synthetic:stories260K\nkernels: cuda\n"
+                   "workload: {prompt_tokens: 4, gen_tokens: 4}\n")
+    with pytest.raises(lumi.LumiError, match=r"k.yaml: kernels: expected one of numpy, numba, got 'cuda'"):
+        load_config(cfg)
