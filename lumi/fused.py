@@ -5,8 +5,8 @@ of 16-bit or int8 rows into float32 and hands it to BLAS: the widening is a
 pass of its own that NumPy cannot fuse into the product, so bf16 lands near
 fp32's time although it reads half the bytes. Here numba compiles a
 matrix-vector product that reads each stored row once, widens each element in
-a register (bf16: shift into a float's high half; fp16: sign-extend, shift,
-mask, rescale, exact for finite values; int8: times its block's scale),
+a register (bf16: shift into a float's high half; fp16: the CPU's own
+half-to-float conversion; int8: times its block's scale),
 accumulates in float32, and takes four rows per pass over the input vector.
 fp32 weights get the same four-row kernel.
 
@@ -52,12 +52,12 @@ def check_kernels(kernels: str) -> None:
 def kind(w) -> str | None:
     """Which kernel reads this weight ("fp32", "bf16", "fp16", "int8"), or None: it stays on NumPy's path.
 
-    fp16 tensors holding Inf or NaN keep NumPy's exact cast; int8 needs blocks of QK.
+    int8 needs blocks of QK (not one block per row).
     """
     if isinstance(w, BlockQ8):
         return "int8" if w.q.shape[1] == QK * w.scales.shape[1] else None
     if isinstance(w, HalfMatrix):
-        return w.storage if w.path != "fp16-numpy-cast" else None
+        return w.storage
     if isinstance(w, np.ndarray) and w.dtype == np.float32 and w.ndim == 2 and w.flags.c_contiguous:
         return "fp32"
     return None
@@ -91,13 +91,32 @@ def gemv(x, w):
     return out[None, :]
 
 
+def provenance(threads: int) -> dict:
+    """What ran the fused kernels: numba's version, threading layer and the thread count they got."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run (every matrix was small enough for the calling thread)
+        layer = None
+    return {"numba": numba.__version__, "threading_layer": layer,
+            "threads": _numba_threads(threads)}
+
+
+def _numba_threads(threads: int) -> int:
+    """BLAS's thread count as numba's: numba's pool cannot grow past the size it started with."""
+    import numba
+
+    return max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
 @contextmanager
 def one_pool():
     """numba's pool gets BLAS's thread count; BLAS drops to one thread and parks its pool, for the duration."""
     import numba
 
     threads = BLAS.threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(_numba_threads(threads))
     BLAS.set(1)
     BLAS.park()
     try:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import UsageError
 from .model import Model
-from .sampler import SamplingParams, sample
+from .sampler import SamplingParams
 
 
 @dataclass
@@ -80,8 +80,7 @@ class Generation:
             self.finish_reason = "length"
             return
         t0 = time.perf_counter()
-        logits = model.prefill(np.asarray(self.prompt_ids, dtype=np.int32), self.start_pos)
-        token = sample(logits, self.sampling, self.rng)
+        token = model.next_token(self.prompt_ids, self.start_pos, self.sampling, self.rng)
         self.stats.prefill_tokens, self.stats.prefill_s = len(self.prompt_ids), time.perf_counter() - t0
         with model.decoding():
             for pos in range(P, P + self.max_new_tokens):
@@ -93,7 +92,7 @@ class Generation:
                 if pos == P + self.max_new_tokens - 1:
                     break
                 t0 = time.perf_counter()
-                token = sample(model.decode(token, pos), self.sampling, self.rng)
+                token = model.next_token([token], pos, self.sampling, self.rng)
                 self.stats.decode_s += time.perf_counter() - t0
                 self.stats.decode_tokens += 1
         self.finish_reason = "length"

@@ -23,6 +23,7 @@ from .backends import CPU, Device, placement
 from .config import ModelConfig
 from .errors import LumiError, UsageError
 from .kvcache import KVCache
+from .sampler import SamplingParams, choose
 from .weights import (STORAGE_DTYPES, BlockQ8, HalfMatrix, resident, stack_rows, to_float32, to_storage,
                       widened_matmul_t)
 
@@ -310,8 +311,16 @@ class Model:
 
     def prefill(self, tokens, start_pos: int = 0):
         """Run a prompt at once (matrix-matrix products); logits (V,) of its last position only."""
-        x = self._hidden(tokens, start_pos)
-        return self.head.to_host(self.ops.matmul(x[-1:], self.output)[0])
+        return self.head.to_host(self._last_logits(tokens, start_pos))
+
+    def next_token(self, tokens, start_pos: int, sampling: SamplingParams, rng: np.random.Generator) -> int:
+        """Run tokens (a prompt, or one token) from start_pos and choose the next one.
+
+        The choice is made where the logits are (``sampler.choose``): from a GPU,
+        only the chosen id crosses to the host, 4 bytes a step.
+        """
+        logits = self._last_logits(np.asarray(tokens, dtype=np.int32), start_pos)
+        return int(self.head.to_host(choose(logits, sampling, rng, self.head.xp)))
 
     def decode(self, token: int, pos: int):
         """One token at ``pos``; its logits (V,). Run many inside ``decoding()``."""
@@ -351,6 +360,11 @@ class Model:
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
             raise LumiError(f"token id {bad} is out of range for a vocabulary of {self.config.vocab_size}")
+
+    def _last_logits(self, tokens, start_pos: int):
+        """Logits (V,) of the last of tokens, on the head's device: the classifier runs on that position only."""
+        x = self._hidden(tokens, start_pos)
+        return self.ops.matmul(x[-1:], self.output)[0]
 
     def _hidden(self, tokens, start_pos: int):
         """Final-normed hidden states (T, d) for tokens at start_pos.."""

@@ -52,7 +52,7 @@ def test_threaded_product_covers_every_row(threads):
     np.testing.assert_allclose(got, reference(x, w), rtol=0, atol=2e-5 * np.abs(got).max())
 
 
-def test_fp16_bits_are_widened_exactly_for_every_finite_half():
+def test_every_finite_fp16_is_widened_exactly():
     halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
     finite = halves[np.isfinite(halves)]  # 63488 values: subnormals, signed zeros, the largest normals
     block = HalfMatrix(finite[: len(finite) // 64 * 64].reshape(-1, 64))
@@ -71,9 +71,19 @@ def test_fp16_extremes_widen_exactly():
     np.testing.assert_array_equal(fused.gemv(x, block)[0], values.astype(np.float32))
 
 
+def test_fp16_inf_and_nan_widen_exactly_too():
+    values = np.array([np.inf, -np.inf, np.nan, 1.5], dtype=np.float16)
+    block = HalfMatrix(np.tile(values[:, None], (1, 64)))
+    assert block.path == "fp16-numpy-cast" and fused.kind(block) == "fp16"  # the hardware conversion handles them
+    x = np.zeros((1, 64), dtype=np.float32)
+    x[0, 5] = 1
+    got = fused.gemv(x, block)[0]  # inf * 0 in the other lanes is NaN, as in the NumPy path
+    with np.errstate(invalid="ignore"):
+        want = widened_matmul_t(x, block)[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+
+
 def test_weights_without_a_kernel_stay_on_the_numpy_path():
-    with_inf = HalfMatrix(np.array([[1.0, np.inf] * 32], dtype=np.float16))
-    assert with_inf.path == "fp16-numpy-cast" and fused.kind(with_inf) is None
     per_row = quantize_q8(RNG.standard_normal((4, 40)).astype(np.float32))  # 40 % 32 != 0: one block per row
     assert isinstance(per_row, BlockQ8) and fused.kind(per_row) is None
     x = np.ones((1, 40), dtype=np.float32)

@@ -19,6 +19,7 @@ from lumi.config import PRESETS
 from lumi.errors import UsageError
 from lumi.formats.synthetic import synthetic_weights
 from lumi.model import Model
+from lumi.sampler import SamplingParams
 
 
 class DeviceArray(np.ndarray):
@@ -28,6 +29,9 @@ class DeviceArray(np.ndarray):
         if out is not None:
             kwargs["out"] = tuple(x.view(np.ndarray) for x in out)
         return _on_device(getattr(ufunc, method)(*inputs, **kwargs))
+
+    def __getitem__(self, index):
+        return _on_device(super().__getitem__(index))
 
     def __array_function__(self, func, types_, args, kwargs):
         _refuse_host(tuple(a for a in args if isinstance(a, np.ndarray)), func.__name__)
@@ -43,6 +47,8 @@ def _refuse_host(arrays, where):
 def _on_device(result):
     if isinstance(result, tuple):
         return tuple(_on_device(r) for r in result)
+    if isinstance(result, np.generic):  # like CuPy: a reduction or an element is a 0-d array on the device
+        return np.asarray(result).view(DeviceArray)
     return result.view(DeviceArray) if isinstance(result, np.ndarray) and not isinstance(result, DeviceArray) \
         else result
 
@@ -59,6 +65,7 @@ def _to_device(host):
 def _to_host(dev):
     assert isinstance(dev, DeviceArray), "to_host of a host array"
     COPIES["d2h"] += 1
+    COPIES["d2h_bytes"] += dev.nbytes
     return np.array(dev.view(np.ndarray))
 
 
@@ -112,7 +119,32 @@ def test_one_copy_each_way_per_boundary_per_step(gpu_layers, h2d, d2h):
     for pos in range(3, 8):
         COPIES.clear()
         model.decode(5, pos)
+        del COPIES["d2h_bytes"]
         assert COPIES == Counter({k: v for k, v in (("h2d", h2d), ("d2h", d2h)) if v}), (gpu_layers, COPIES)
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(), SamplingParams(temperature=0.8, top_p=0.9),
+                                      SamplingParams(temperature=1.0, top_k=40), SamplingParams(temperature=0.7)])
+def test_all_on_the_device_a_step_sends_only_the_chosen_id_to_the_host(sampling):
+    """The token is chosen where the logits are: one 4-byte copy down per step, the id one up."""
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config, seed=2)
+    model = Model(config, weights, device=FAKE, gpu_layers=-1)
+    steps = []
+    original = model.next_token
+
+    def counted(*args):
+        COPIES.clear()
+        token = original(*args)
+        steps.append(dict(COPIES))
+        return token
+
+    model.next_token = counted
+    ids = lumi.generate(model, [1, 2, 3], 12, sampling=sampling, seed=7, ignore_eos=True).run().generated_ids
+    assert len(steps) == 12
+    assert all(step == {"h2d": 1, "d2h": 1, "d2h_bytes": 4} for step in steps), steps
+    host = lumi.generate(Model(config, weights), [1, 2, 3], 12, sampling=sampling, seed=7, ignore_eos=True).run()
+    assert ids == host.generated_ids  # same seed, same tokens on both backends
 
 
 def test_placement_rules_and_errors():

@@ -39,7 +39,7 @@ METRICS = {
     "benchmarks.Prefill.time_prefill_s_per_token": "prefill s/token",
 }
 # The configs a routine regression check measures: small, CPU, seconds each.
-ROUTINE_CONFIGS = ("default", "stories15M-fp32", "stories110M-fp32", "stories260K-fp32")
+ROUTINE_CONFIGS = ("default", "stories15M-fp32", "stories15M-fp32-numba", "stories110M-fp32", "stories260K-fp32")
 DEFAULT_TOLERANCE = 0.10
 DEFAULT_ALPHA = 0.01
 MACHINE = "lumi-bench"

@@ -14,6 +14,7 @@ SCHEMA_VERSION = 1
 COLUMNS = [
     ("config", "config", "{}"),
     ("dtype", "dtype", "{}"),
+    ("kernels", "kernels", "{}"),
     ("threads", "threads_applied", "{}"),
     ("test", "test", "{}"),
     ("prefill t/s", "prefill_tokens_per_s", "{:.1f}"),

@@ -147,6 +147,10 @@ def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
     result["load_s"] = session.load_s
     result["weight_bytes_per_token"] = model.decode_weight_bytes()
     result["widening"] = model.widening_paths()  # the path each kind of weight actually took
+    if cfg.kernels == "numba":
+        from ..fused import provenance
+
+        result["fused"] = provenance(threads)
     result["ids_fingerprint"] = fingerprint(ids)
     result["spread"] = {m: {"min": min(v), "max": max(v), "stdev": statistics.pstdev(v)} for m, v in samples.items()}
     result["samples"] = samples
