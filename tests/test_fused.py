@@ -182,3 +182,12 @@ def test_unknown_kernels_are_refused(tmp_path):
                    "workload: {prompt_tokens: 4, gen_tokens: 4}\n")
     with pytest.raises(lumi.LumiError, match=r"k.yaml: kernels: expected one of numpy, numba, got 'cuda'"):
         load_config(cfg)
+
+
+def test_numba_kernels_refuse_layers_on_a_gpu():
+    from lumi.backends import Device
+
+    gpu_like = Device("gpu-like", np, np.asarray, np.asarray)  # host_memory=False, as for CuPy
+    config = PRESETS["stories260K"]
+    with pytest.raises(UsageError, match="--kernels: numba kernels run on the CPU"):
+        Model(config, synthetic_weights(config), device=gpu_like, gpu_layers=2, kernels="numba")
