@@ -6,13 +6,14 @@ to one JSON and one Markdown file, each section recorded even when another
 fails:
 
 - golden: stories260K greedy ids against llama2.c's, and logits against the
-  CPU backend, for gpu_layers 0, 2 and -1;
-- transfers: host<->device copies per decode step, counted;
+  CPU backend, for gpu_layers 0, 2 and -1; with fp16 and bf16 weights on the
+  device, the first 32 ids;
+- transfers: host<->device copies (and bytes) per generation step, counted;
 - bandwidth: device-to-device copy bandwidth, then decode sec/token of a big
-  synthetic shape with everything on the GPU and the fraction of that bandwidth
-  it reaches;
-- offload: decode sec/token as a function of gpu_layers under a memory-pool
-  limit that emulates a 12 GiB card.
+  synthetic shape with everything on the GPU, per storage dtype (fp16, bf16),
+  and the fraction of that bandwidth it reaches;
+- offload: decode sec/token as a function of gpu_layers and dtype under a
+  memory-pool limit that emulates a 12 GiB card.
 
 ``--backend numpy`` (with small shapes) runs the same code on the CPU: that is
 how the tests exercise it without a GPU.
@@ -35,6 +36,7 @@ from . import __version__, generate
 from .backends import CPU, Device, get_device
 from .formats import load_checkpoint
 from .model import Model
+from .sampler import SamplingParams
 
 
 def _counting(device: Device, counts: Counter) -> Device:
@@ -46,6 +48,7 @@ def _counting(device: Device, counts: Counter) -> Device:
 
     def down(a):
         counts["d2h"] += 1
+        counts["d2h_bytes"] += a.nbytes
         return device.to_host(a)
 
     return Device(device.name, device.xp, up, down, device.host_memory)
@@ -70,6 +73,11 @@ def golden(device: Device, assets: Path) -> dict:
         diff = float(np.abs(model.forward(inputs, 0) - cpu_logits).max())
         rows.append({"gpu_layers": gpu_layers, "ids_equal_golden": got == ids, "max_logit_diff_vs_cpu": diff,
                      "ok": got == ids and diff < 5e-4})
+    for dtype in ("fp16", "bf16"):  # 16-bit weights held 16-bit on the device: the first 32 ids must equal fp32's
+        model = Model(config, weights, dtype=dtype, device=device, gpu_layers=-1)
+        got = generate(model, [1], 32, ignore_eos=True).run().generated_ids
+        rows.append({"gpu_layers": -1, "dtype": dtype, "first_32_ids_equal_golden": got == ids[:32],
+                     "ok": got == ids[:32]})
     return {"rows": rows, "ok": all(r["ok"] for r in rows)}
 
 
@@ -81,11 +89,11 @@ def transfers(device: Device, preset: str) -> dict:
         model = Model(config, weights, max_seq_len=64, device=_counting(device, counts), gpu_layers=gpu_layers)
         model.prefill(np.array([1, 2, 3], dtype=np.int32), 0)
         counts.clear()
-        steps = 8
-        for pos in range(3, 3 + steps):
-            model.decode(5, pos)
+        steps, rng = 8, np.random.default_rng(0)
+        for pos in range(3, 3 + steps):  # as a generation steps: the token is chosen where the logits are
+            model.next_token([5], pos, SamplingParams(), rng)
         rows.append({"gpu_layers": gpu_layers, "h2d_per_step": counts["h2d"] / steps,
-                     "d2h_per_step": counts["d2h"] / steps})
+                     "d2h_per_step": counts["d2h"] / steps, "d2h_bytes_per_step": counts["d2h_bytes"] / steps})
     return {"rows": rows}
 
 
@@ -115,32 +123,39 @@ def decode_speed(model: Model, device: Device, steps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def bandwidth(device: Device, preset: str, steps: int, copy_bytes: int) -> dict:
+def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_bytes: int) -> dict:
     copy = copy_bandwidth(device, copy_bytes)
     config, weights = load_checkpoint(f"synthetic:{preset}")
-    model = Model(config, weights, max_seq_len=64, device=device, gpu_layers=-1)
-    del weights
-    s = decode_speed(model, device, steps)
-    bytes_per_token = model.decode_weight_bytes()
-    return {"preset": preset, "dtype": "fp32", "copy_bytes_per_s": copy, "decode_s_per_token": s,
-            "decode_tokens_per_s": 1 / s, "weight_bytes_per_token": bytes_per_token,
-            "fraction_of_copy_bandwidth": bytes_per_token / s / copy}
+    rows = []
+    for dtype in dtypes:
+        model = Model(config, weights, max_seq_len=64, dtype=dtype, device=device, gpu_layers=-1)
+        s = decode_speed(model, device, steps)
+        bytes_per_token = model.decode_weight_bytes()
+        rows.append({"dtype": dtype, "decode_s_per_token": s, "decode_tokens_per_s": 1 / s,
+                     "weight_bytes_per_token": bytes_per_token, "fraction_of_copy_bandwidth": bytes_per_token / s / copy,
+                     "paths": model.widening_paths()})
+        del model
+        if device is not CPU:
+            device.xp.get_default_memory_pool().free_all_blocks()
+    return {"preset": preset, "copy_bytes_per_s": copy, "rows": rows}
 
 
-def offload(device: Device, preset: str, steps: int, pool_bytes: int | None) -> dict:
+def offload(device: Device, preset: str, dtypes: list[str], steps: int, pool_bytes: int | None) -> dict:
     config, weights = load_checkpoint(f"synthetic:{preset}")
     if pool_bytes and device is not CPU:
         device.xp.get_default_memory_pool().set_limit(size=pool_bytes)
     rows = []
-    for gpu_layers in sorted({0, config.n_layers // 4, config.n_layers // 2, 3 * config.n_layers // 4}):
-        try:
-            model = Model(config, weights, max_seq_len=64, device=device, gpu_layers=gpu_layers)
-            rows.append({"gpu_layers": gpu_layers, "decode_s_per_token": decode_speed(model, device, steps)})
-            del model
-        except Exception as error:  # out of device memory under the emulated card's limit
-            rows.append({"gpu_layers": gpu_layers, "error": f"{type(error).__name__}: {error}"[:300]})
-        if device is not CPU:
-            device.xp.get_default_memory_pool().free_all_blocks()
+    for dtype in dtypes:
+        for gpu_layers in sorted({0, config.n_layers // 4, config.n_layers // 2, 3 * config.n_layers // 4}):
+            try:
+                model = Model(config, weights, max_seq_len=64, dtype=dtype, device=device, gpu_layers=gpu_layers)
+                rows.append({"dtype": dtype, "gpu_layers": gpu_layers,
+                             "decode_s_per_token": decode_speed(model, device, steps)})
+                del model
+            except Exception as error:  # out of device memory under the emulated card's limit
+                rows.append({"dtype": dtype, "gpu_layers": gpu_layers, "error": f"{type(error).__name__}: {error}"[:300]})
+            if device is not CPU:
+                device.xp.get_default_memory_pool().free_all_blocks()
     return {"preset": preset, "pool_limit_bytes": pool_bytes, "rows": rows}
 
 
@@ -160,12 +175,14 @@ def main(argv=None) -> int:
     p.add_argument("--assets", default=os.environ.get("LUMI_ASSETS", "../shared"))
     p.add_argument("--big", default="llama2-7B", help="preset for the bandwidth and offload runs")
     p.add_argument("--small", default="stories15M", help="preset for the transfer counts")
+    p.add_argument("--dtypes", default="fp16,bf16", help="weight storage for the bandwidth and offload runs")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--copy-bytes", type=int, default=1 << 30)
     p.add_argument("--pool-gib", type=float, default=12.0, help="memory-pool limit for the offload table")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpucheck.json and gpucheck.md")
     args = p.parse_args(argv)
     device = get_device(args.backend)
+    dtypes = args.dtypes.split(",")
     report = {"lumi_version": __version__, "device": device.name, "sections": {}}
     if device is not CPU:
         props = device.xp.cuda.runtime.getDeviceProperties(0)
@@ -175,8 +192,8 @@ def main(argv=None) -> int:
     checks = {
         "golden": lambda: golden(device, Path(args.assets)),
         "transfers": lambda: transfers(device, args.small),
-        "bandwidth": lambda: bandwidth(device, args.big, args.steps, args.copy_bytes),
-        "offload": lambda: offload(device, args.big, args.steps, int(args.pool_gib * 2**30)),
+        "bandwidth": lambda: bandwidth(device, args.big, dtypes, args.steps, args.copy_bytes),
+        "offload": lambda: offload(device, args.big, dtypes, args.steps, int(args.pool_gib * 2**30)),
     }
     for name, check in checks.items():
         t0 = time.perf_counter()

@@ -24,8 +24,8 @@ from .config import ModelConfig
 from .errors import LumiError, UsageError
 from .kvcache import KVCache
 from .sampler import SamplingParams, choose
-from .weights import (STORAGE_DTYPES, BlockQ8, HalfMatrix, resident, stack_rows, to_float32, to_storage,
-                      widened_matmul_t)
+from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, device_matmul_t, resident, stack_rows,
+                      to_float32, to_storage, widened_matmul_t)
 
 F32 = np.float32
 NEG_INF = np.float32(-np.inf)
@@ -46,6 +46,8 @@ def linear(x, w):
     """
     if isinstance(w, (HalfMatrix, BlockQ8)):
         return widened_matmul_t(x, w)
+    if isinstance(w, DeviceMatrix):
+        return device_matmul_t(x, w)
     return x @ w.T
 
 
@@ -146,7 +148,7 @@ def fused_linear(x, w):
 
 def embed(table, tokens):
     """Rows of the token-embedding table (V, d) as float32 (T, d), a copy the forward pass owns."""
-    if isinstance(table, (HalfMatrix, BlockQ8)):
+    if isinstance(table, (HalfMatrix, BlockQ8, DeviceMatrix)):
         return table.rows(tokens)
     return table[tokens]
 
@@ -191,9 +193,11 @@ def _vector(device: Device, *arrays):
 
 
 def _matrix(device: Device, dtype: str, *arrays):
-    """A matrix in its storage dtype and the process's own memory, the rows of several stacked; fp32 ones on the device."""
+    """A matrix in its storage dtype, the rows of several stacked, on the device (in the process's own memory on the host)."""
     w = resident(to_storage(stack_rows(list(arrays)), dtype))
-    return device.to_device(w) if isinstance(w, np.ndarray) else w
+    if isinstance(w, np.ndarray):
+        return device.to_device(w)
+    return w if device.host_memory else DeviceMatrix(w, device)
 
 
 class Model:
@@ -222,8 +226,6 @@ class Model:
         on_device, head_on_device = placement(config.n_layers, gpu_layers)  # checks the count for every backend
         if device is CPU:
             on_device, head_on_device = [False] * config.n_layers, False
-        if dtype != "fp32" and not device.host_memory and (head_on_device or any(on_device)):
-            raise UsageError("--dtype", f"{dtype} weights on {device.name} are not supported yet (fp32 only there)")
         self.config = config
         self.max_seq_len = max_seq_len
         self.dtype = dtype

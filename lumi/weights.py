@@ -248,6 +248,53 @@ def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------
+# 16-bit and int8 matrices on a device (CuPy)
+
+DEVICE_BLOCK_BYTES = 64 << 20  # float32 bytes widened per block on a device: few launches, a bounded temporary
+
+
+class DeviceMatrix:
+    """A HalfMatrix or BlockQ8 held on a device in its stored width, widened there a block of rows at a time.
+
+    The same rule as on the host (a full float32 copy never exists), with the
+    device's array module: bf16 travels as its uint16 bits (CuPy has no bfloat16
+    dtype) and widens by a shift into a float's high half; fp16 by the device's
+    own half-to-float conversion; int8 as int8 times its block scales. Each block
+    is then one float32 matrix product on the device.
+    """
+
+    def __init__(self, w, device):
+        self.xp, self.shape, self.storage, self.nbytes = device.xp, tuple(w.shape), w.storage, w.nbytes
+        self.path = f"{w.storage}-device-blocks"
+        if isinstance(w, BlockQ8):
+            self.q, self.scales = device.to_device(w.q), device.to_device(w.scales)
+        else:
+            self.a = device.to_device(w.a.view(np.uint16) if w.storage == "bf16" else w.a)
+
+    def rows(self, index):
+        """Rows picked by an index array or slice, as float32 (..., in) on the device."""
+        xp = self.xp
+        if self.storage == "int8":
+            q, scales = self.q[index], self.scales[index]
+            blocks = q.reshape(*q.shape[:-1], scales.shape[-1], -1).astype(xp.float32) * scales[..., None]
+            return blocks.reshape(q.shape)
+        if self.storage == "bf16":
+            return (self.a[index].astype(xp.uint32) << 16).view(xp.float32)
+        return self.a[index].astype(xp.float32)
+
+
+def device_matmul_t(x, w: DeviceMatrix):
+    """x (T, in) @ w.T on w's device, widening DEVICE_BLOCK_BYTES of rows at a time: float32 (T, out)."""
+    rows, cols = w.shape
+    out = w.xp.empty((x.shape[0], rows), dtype=w.xp.float32)
+    block = max(1, min(rows, DEVICE_BLOCK_BYTES // (4 * cols)))
+    for b0 in range(0, rows, block):
+        b1 = min(b0 + block, rows)
+        out[:, b0:b1] = x @ w.rows(slice(b0, b1)).T
+    return out
+
+
+# ----------------------------------------------------------------------------
 # conversion at load
 
 

@@ -19,6 +19,12 @@ def test_gpucheck_dry_run_on_the_cpu(tmp_path):
     else:
         assert "error" in sections["golden"]
     # the counting wrapper is a device of its own, so the CPU dry run crosses a (host) boundary too
-    assert [(r["h2d_per_step"], r["d2h_per_step"]) for r in sections["transfers"]["rows"]] == [(0, 0), (1, 1), (1, 1)]
-    assert sections["bandwidth"]["decode_s_per_token"] > 0 and sections["bandwidth"]["copy_bytes_per_s"] > 0
+    # partial offload brings the (1, d) activation down; all on the device only the chosen id: 4 bytes
+    rows = sections["transfers"]["rows"]
+    assert [(r["h2d_per_step"], r["d2h_per_step"]) for r in rows] == [(0, 0), (1, 1), (1, 1)]
+    assert rows[2]["d2h_bytes_per_step"] == 4
+    bandwidth = sections["bandwidth"]
+    assert [r["dtype"] for r in bandwidth["rows"]] == ["fp16", "bf16"] and bandwidth["copy_bytes_per_s"] > 0
+    assert all(r["decode_s_per_token"] > 0 for r in bandwidth["rows"])
+    assert {r["dtype"] for r in sections["offload"]["rows"]} == {"fp16", "bf16"}
     assert all("decode_s_per_token" in r for r in sections["offload"]["rows"])

@@ -156,10 +156,33 @@ def test_placement_rules_and_errors():
             placement(4, bad)
     with pytest.raises(UsageError, match="--gpu-layers"):
         lumi.load_model("synthetic:stories260K", gpu_layers=6)
-    with pytest.raises(UsageError, match="bf16 weights on fake-gpu are not supported yet"):
-        Model(PRESETS["stories260K"], synthetic_weights(PRESETS["stories260K"]), dtype="bf16", device=FAKE,
-              gpu_layers=1)
     assert get_device("numpy") is CPU
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
+@pytest.mark.parametrize("gpu_layers", [2, -1])
+def test_16_bit_and_int8_weights_stay_narrow_on_the_device(dtype, gpu_layers):
+    """Device layers hold their weights in the stored width and widen them there; logits equal the CPU's."""
+    from lumi.weights import DeviceMatrix
+
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config, seed=3)
+    tokens = np.array([1, 20, 40, 60], dtype=np.int32)
+    expected = Model(config, weights, dtype=dtype).forward(tokens, 0)
+    model = Model(config, weights, dtype=dtype, device=FAKE, gpu_layers=gpu_layers)
+    for layer in model.layers:
+        if layer.device is FAKE:
+            assert isinstance(layer.w13, DeviceMatrix) and layer.w13.storage == dtype
+            held = [layer.w13.q, layer.w13.scales] if dtype == "int8" else [layer.w13.a]
+            assert all(isinstance(a, DeviceArray) for a in held)
+            assert held[0].itemsize == {"fp16": 2, "bf16": 2, "int8": 1}[dtype]  # never a float32 copy
+    assert isinstance(model.output, DeviceMatrix) == (gpu_layers == -1)
+    assert model.widening_paths()["w13"] == f"{dtype}-device-blocks"
+    np.testing.assert_allclose(model.forward(tokens, 0), expected, rtol=0, atol=1e-5)
+    model.prefill(tokens, 0)
+    COPIES.clear()
+    model.decode(5, 4)
+    assert (COPIES["h2d"], COPIES["d2h"]) == (1, 1)  # weights never cross per token
 
 
 def test_cupy_backend_without_cupy_is_a_one_line_error(capsys):
