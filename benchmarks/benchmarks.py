@@ -15,10 +15,10 @@ Benchmarks (larger is worse for all of them, as asv assumes):
 - ``Memory.peakmem_generate``           peak resident set of a process that loaded the
                                          model and ran one generation
 
-Configs this lumi cannot run (bf16/fp16, the cupy backend: ``check_supported`` raises
-``ConfigError``), GPU configs on a machine without a GPU, and commits that predate
-``lumi.bench`` are skipped (``NotImplementedError`` in setup, which asv records as
-"skipped", not as a failure).
+Configs this lumi or this machine cannot run (``check_supported`` raises ``ConfigError``:
+a key an older commit does not know, numba kernels without numba), GPU configs on a
+machine without a GPU, and commits that predate ``lumi.bench`` are skipped
+(``NotImplementedError`` in setup, which asv records as "skipped", not as a failure).
 
 Routine runs select the small configs with ``--bench``, e.g.
 ``asv run --bench '\\((?:stories15M-fp32|stories110M-fp32|stories260K-fp32|default)\\)'``

@@ -62,3 +62,14 @@ def placement(n_layers: int, gpu_layers: int) -> tuple[list[bool], bool]:
     if gpu_layers == -1:
         return [True] * n_layers, True
     return [i < gpu_layers for i in range(n_layers)], False
+
+
+def memory_stats(device: Device) -> dict | None:
+    """A GPU's memory as the run sees it: CuPy's pool (used, held) and the device's free and total; None elsewhere."""
+    xp = device.xp
+    if not hasattr(xp, "get_default_memory_pool"):
+        return None
+    pool = xp.get_default_memory_pool()
+    free, total = xp.cuda.runtime.memGetInfo()
+    return {"pool_used_bytes": pool.used_bytes(), "pool_held_bytes": pool.total_bytes(), "device_free_bytes": free,
+            "device_total_bytes": total}

@@ -280,7 +280,8 @@ def _run_bench(args) -> int:
             doc["bandwidth"][str(threads)] = measure_bandwidth(threads)
         for i, cfg in enumerate(configs, 1):
             for result in run_config(cfg, lambda msg: progress(f"[{i}/{len(configs)}] {msg}"), args.profile):
-                bandwidth = doc["bandwidth"][str(result["threads"])]["gemv_bytes_per_s"]
+                bandwidth = (result.get("device_copy_bytes_per_s")  # a GPU run: its own copy bandwidth
+                             or doc["bandwidth"][str(result["threads"])]["gemv_bytes_per_s"])
                 result["bandwidth_fraction"] = (
                     result["weight_bytes_per_token"] / result["decode_s_per_token"] / bandwidth)
                 doc["results"].append(result)

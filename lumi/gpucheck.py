@@ -34,6 +34,7 @@ import numpy as np
 
 from . import __version__, generate
 from .backends import CPU, Device, get_device
+from .bench.env import copy_bandwidth, sync
 from .formats import load_checkpoint
 from .model import Model
 from .sampler import SamplingParams
@@ -52,11 +53,6 @@ def _counting(device: Device, counts: Counter) -> Device:
         return device.to_host(a)
 
     return Device(device.name, device.xp, up, down, device.host_memory)
-
-
-def _sync(device: Device) -> None:
-    if device is not CPU:
-        device.xp.cuda.get_current_stream().synchronize()
 
 
 def golden(device: Device, assets: Path) -> dict:
@@ -97,28 +93,14 @@ def transfers(device: Device, preset: str) -> dict:
     return {"rows": rows}
 
 
-def copy_bandwidth(device: Device, nbytes: int) -> float:
-    xp = device.xp
-    src = xp.ones(nbytes // 4, dtype=np.float32)
-    dst = xp.empty_like(src)
-    times = []
-    for i in range(7):
-        _sync(device)
-        t0 = time.perf_counter()
-        xp.copyto(dst, src)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * src.nbytes / sorted(times)[len(times) // 2]  # read + write
-
-
 def decode_speed(model: Model, device: Device, steps: int) -> float:
     model.prefill(np.array([1, 2, 3, 4], dtype=np.int32), 0)
     times = []
     for pos in range(4, 4 + steps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         model.decode(7, pos)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 

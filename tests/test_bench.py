@@ -74,14 +74,41 @@ def test_bad_configs_name_the_file_and_key(tmp_path, case, capsys):
     assert err.count("\n") == 1 and str(path) in err
 
 
-def test_missing_config_and_unsupported_dtype(tmp_path, capsys):
+def test_missing_config_and_a_cupy_config_without_a_gpu(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "absent.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("CuPy is installed here")
     path = tmp_path / "gpu.yaml"
     path.write_text(TINY + "backend: cupy\n")
     assert main(["bench", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "backend: cupy is not supported" in err and err.count("\n") == 1
+    assert "gpu.yaml: backend: cupy: CuPy is not installed" in err and err.count("\n") == 1
+
+
+def test_a_cupy_config_runs_each_gpu_layers_point_on_the_device(tmp_path, monkeypatch):
+    """With a CuPy-like stand-in for the GPU: one model placement per point, the same answer on every one."""
+    from fake_device import FAKE
+
+    import lumi.backends
+    from lumi.bench.runner import measure_config
+
+    real = lumi.backends.get_device
+    monkeypatch.setattr(lumi.backends, "get_device", lambda backend: FAKE if backend == "cupy" else real(backend))
+    monkeypatch.setattr("lumi.bench.env.copy_bandwidth", lambda device, nbytes=0: 1e12)  # no GPU clock here
+    path = tmp_path / "gpu.yaml"
+    path.write_text(TINY.replace("prompt_tokens: [8, 16]", "prompt_tokens: 8")
+                    + "backend: cupy\ndtype: bf16\ngpu_layers: [0, 2, -1]\n")
+    results = measure_config(load_config(path))
+    assert [(r["gpu_layers"], r["gpu_layers_resolved"], r["head_on_device"]) for r in results] == [
+        (0, 0, False), (2, 2, False), (-1, 5, True)]
+    assert len({r["ids_fingerprint"] for r in results}) == 1  # placement never changes the answer
+    assert all(r["backend"] == "cupy" and r["device_copy_bytes_per_s"] == 1e12 for r in results)
+    assert results[2]["widening"]["w13"] == "bf16-device-blocks"
 
 
 def test_bench_json_has_the_promised_fields(tmp_path, capsys):

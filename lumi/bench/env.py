@@ -94,3 +94,24 @@ def measure_bandwidth(threads: int | None, repeats: int = 15) -> dict:
     median = statistics.median(times)
     return {"gemv_bytes_per_s": w.nbytes / median, "gemv_shape": list(GEMV_SHAPE), "threads": applied,
             "samples_s": times}
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so a host clock times it."""
+    if not device.host_memory and hasattr(device.xp, "cuda"):
+        device.xp.cuda.get_current_stream().synchronize()
+
+
+def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth (read + write bytes per second), median of 7: a GPU decode step's floor."""
+    xp = device.xp
+    src = xp.ones(nbytes // 4, dtype=np.float32)
+    dst = xp.empty_like(src)
+    times = []
+    for _ in range(7):
+        sync(device)
+        t0 = time.perf_counter()
+        xp.copyto(dst, src)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.nbytes / statistics.median(times)

@@ -21,24 +21,25 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from ..errors import LumiError
+from ..errors import LumiError, UsageError
+from ..backends import CPU, memory_stats
 from .config import BenchConfig, ConfigError, RunPoint, load_config
 
-SUPPORTED = {"backend": ("numpy",)}  # what lumi bench can run today (every storage dtype; no GPU yet)
 PROMPT_SEED = 1234  # the benchmark prompt's ids: fixed forever, so results stay comparable across commits
 METRICS = ("prefill_s", "prefill_tokens_per_s", "ttft_s", "decode_s_per_token", "decode_tokens_per_s")
 
 
 def check_supported(cfg: BenchConfig) -> None:
-    """A config the engine cannot run yet, or not on this machine, is a clear error, not a silent fallback."""
+    """A config this machine cannot run (numba or CuPy missing, no GPU) is a clear error, not a silent fallback."""
+    from ..backends import get_device
     from ..fused import missing
 
-    for key, allowed in SUPPORTED.items():
-        value = getattr(cfg, key)
-        if value not in allowed:
-            raise ConfigError(cfg.path, key, f"{value} is not supported by this lumi yet (supported: {', '.join(allowed)})")
     if cfg.kernels == "numba" and missing():
         raise ConfigError(cfg.path, "kernels", missing())
+    try:
+        get_device(cfg.backend)
+    except UsageError as e:
+        raise ConfigError(cfg.path, "backend", e.problem) from None
 
 
 def thread_limit(threads: int | None):
@@ -70,10 +71,15 @@ def fingerprint(ids: list[int]) -> str:
 
 
 class Session:
-    """A loaded model for one config; ``repetition`` runs one timed generation."""
+    """A loaded model for one config; ``repetition`` runs one timed generation.
+
+    With several ``gpu_layers`` values the checkpoint stays loaded and ``place``
+    rebuilds the model for each (one placement in memory at a time).
+    """
 
     def __init__(self, cfg: BenchConfig):
-        from .. import load_model
+        from ..backends import get_device
+        from ..formats import load_checkpoint
 
         check_supported(cfg)
         self.cfg = cfg
@@ -83,11 +89,28 @@ class Session:
         if not model_spec.startswith("synthetic:") and not os.path.isabs(model_spec):
             beside = os.path.join(os.path.dirname(cfg.path), model_spec)
             model_spec = beside if os.path.exists(beside) else model_spec
-        self.model = load_model(model_spec, dtype=cfg.dtype, kernels=cfg.kernels)
+        self.device = get_device(cfg.backend)
+        self.copy_bytes_per_s = None  # measured once, on a GPU
+        self.config, weights = load_checkpoint(model_spec)
+        self._weights = weights if len(cfg.gpu_layers) > 1 else None  # kept only to place the model again
+        self.model = self._build(weights, cfg.gpu_layers[0])
         self.load_s = time.perf_counter() - t0
         if context > self.model.max_seq_len:
             raise ConfigError(cfg.path, "workload", f"prompt_tokens + gen_tokens = {context} exceeds the model's "
                                                     f"context of {self.model.max_seq_len}")
+
+    def _build(self, weights, gpu_layers: int):
+        from ..model import Model
+
+        self.gpu_layers = gpu_layers
+        return Model(self.config, weights, dtype=self.cfg.dtype, kernels=self.cfg.kernels, device=self.device,
+                     gpu_layers=gpu_layers)
+
+    def place(self, gpu_layers: int) -> None:
+        """The model with ``gpu_layers`` layers on the device (rebuilt only when that changes)."""
+        if gpu_layers != self.gpu_layers:
+            self.model = None  # free the old placement's device memory before making the new one
+            self.model = self._build(self._weights, gpu_layers)
 
     def repetition(self, point: RunPoint) -> dict:
         from ..generate import generate
@@ -109,6 +132,7 @@ class Session:
 def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
     """Warm-up, then the timed repetitions of one point; medians plus the raw samples."""
     cfg = session.cfg
+    session.place(point.gpu_layers)
     samples: dict[str, list] = {m: [] for m in METRICS}
     ids = None
     with thread_limit(point.threads):
@@ -138,6 +162,8 @@ def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
         "threads": point.threads,
         "threads_applied": threads,
         "gpu_layers": point.gpu_layers,
+        "gpu_layers_resolved": sum(d is not CPU for d in model.placement),  # layers on the device
+        "head_on_device": model.head is not CPU,
         "prefill_tokens": point.prompt_tokens,
         "decode_tokens": point.gen_tokens - 1,
     }
@@ -151,6 +177,13 @@ def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
         from ..fused import provenance
 
         result["fused"] = provenance(threads)
+    if session.device is not CPU:
+        from .env import copy_bandwidth
+
+        result["device_memory"] = memory_stats(session.device)
+        if session.copy_bytes_per_s is None:
+            session.copy_bytes_per_s = copy_bandwidth(session.device)
+        result["device_copy_bytes_per_s"] = session.copy_bytes_per_s  # the GPU's floor, for the bandwidth fraction
     result["ids_fingerprint"] = fingerprint(ids)
     result["spread"] = {m: {"min": min(v), "max": max(v), "stdev": statistics.pstdev(v)} for m, v in samples.items()}
     result["samples"] = samples
@@ -199,6 +232,7 @@ def measure_config(cfg: BenchConfig, progress=None, profile: bool = False) -> li
         if profile:
             if progress:
                 progress(f"{cfg.name} {point.test} t{point.threads}: profiling")
+            session.place(point.gpu_layers)
             with thread_limit(point.threads):
                 ids = prompt_ids(point.prompt_tokens, session.model.config.vocab_size)
                 r["profile"] = profile_decode(session.model, ids, max(point.gen_tokens - 1, 1))
