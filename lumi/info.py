@@ -68,7 +68,21 @@ def describe(spec: str, dtype: str = "fp32", max_seq_len: int | None = None) -> 
         "context": seq,
         "memory_needed_bytes": weights_bytes + kv_bytes,
         "tokenizer": tokenizer,
+        "fused": _fused(shapes, dtype),
     }
+
+
+def _fused(shapes: dict, dtype: str) -> str:
+    """What ``--kernels numba`` would do with these weights here."""
+    from .fused import missing
+
+    if missing():
+        return f"unavailable: {missing()}"
+    import numba
+
+    narrow = sum(len(shape) == 2 and dtype == "int8" and shape[1] % QK != 0 for shape in shapes.values())
+    where = f"; {narrow} int8 matrices not {QK} wide stay on the NumPy path" if narrow else ""
+    return f"--kernels numba: {dtype}-numba-fused for decode's products (numba {numba.__version__}){where}"
 
 
 def _millions(n: int) -> str:
@@ -90,6 +104,7 @@ def render(info: dict) -> str:
         f"KV cache      {gib(info['kv_cache_bytes'])} for {info['context']} tokens (float32)",
         f"a run needs   about {gib(info['memory_needed_bytes'])} plus activations",
         f"tokenizer     {info['tokenizer'] or 'none (synthetic models take --prompt-ids, or --tokenizer)'}",
+        f"fused decode  {info['fused']}",
     ]
     return "\n".join(lines) + "\n"
 

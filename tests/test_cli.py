@@ -171,6 +171,9 @@ def test_info_describes_without_running(capsys, tmp_path):
     assert info["parameters"] == lumi.PRESETS["stories260K"].n_params()
     assert info["stored_bytes_by_dtype"] == {"float32": 4 * info["parameters"]}
     assert info["weight_bytes"] < 0.6 * 4 * info["parameters"] and "bf16" in info["widening"]
+    assert "bf16-numba-fused" in info["fused"] or info["fused"].startswith("unavailable: numba is not installed")
+    code, out, err = run(capsys, "info", "synthetic:stories260K", "--dtype", "int8")
+    assert "5 int8 matrices not 32 wide stay on the NumPy path" in out or "unavailable" in out  # w2 is 172 wide
     code, out, err = run(capsys, "info", "synthetic:llama3-8B", "--dtype", "int8")
     assert code == 0 and "128256" in out and "8.03 B" in out
     code, out, err = run(capsys, "info", str(tmp_path / "absent.bin"))
