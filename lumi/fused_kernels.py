@@ -21,6 +21,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 QK = 32  # int8 block length (weights.QK); a constant here, so LLVM unrolls the block loop
+Q8_PREFETCH = 512  # bytes ahead of the int8 kernel's rows (256 and 1024-2048 measured slower)
 
 
 @intrinsic
@@ -31,6 +32,25 @@ def _f32_from_bits(typingctx, bits):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, address):
+    """Ask the CPU to start loading the cache line at ``address`` (an integer) into all cache levels.
+
+    A hint only: it never faults, so addresses past the end of an array are harmless.
+    """
+
+    def codegen(context, builder, signature, args):
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [byte_ptr], fnty)
+        # read (0), keep in all levels (3), data cache (1)
+        builder.call(fn, [builder.inttoptr(args[0], byte_ptr), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(types.intp), codegen
 
 
 @intrinsic
@@ -103,12 +123,26 @@ def product(w, x, out, shares):
 
 @njit(nogil=True, fastmath=True, cache=True)
 def q8_rows(q, scales, x, out, r0, r1):
-    """out[r] = sum_b scales[r, b] * sum_j q[r, b*QK + j] * x[b*QK + j], four rows at a time."""
+    """out[r] = sum_b scales[r, b] * sum_j q[r, b*QK + j] * x[b*QK + j], four rows at a time.
+
+    Each block ends in a sum across the vector, which leaves the core too few
+    loads in flight to stream from memory on its own: every other block it
+    prefetches the four rows Q8_PREFETCH bytes ahead (measured on 11264x2048:
+    6.3 -> 7.5 GB/s of int8 at one thread, 10.9 -> 15.9 at two).
+    """
     n_blocks = scales.shape[1]
+    base, stride = q.ctypes.data, q.strides[0]
     r = r0
     while r + 4 <= r1:
         a0 = a1 = a2 = a3 = np.float32(0)
+        row = base + r * stride
         for b in range(n_blocks):
+            if b % 2 == 0:
+                ahead = row + b * QK + Q8_PREFETCH
+                _prefetch(ahead)
+                _prefetch(ahead + stride)
+                _prefetch(ahead + 2 * stride)
+                _prefetch(ahead + 3 * stride)
             s0 = s1 = s2 = s3 = np.float32(0)
             for j in range(QK):  # a constant trip count from 0: unrolled and vectorized (a range from b * QK was not)
                 c = b * QK + j
