@@ -20,7 +20,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-QK = 32  # int8 block length (weights.QK); a constant here, so LLVM unrolls the block loop
+from .weights import QK  # the int8 block length: a compile-time constant here, so LLVM unrolls the block loop
+
 Q8_PREFETCH = 512  # bytes ahead of the int8 kernel's rows (256 and 1024-2048 measured slower)
 
 
