@@ -24,8 +24,8 @@ from .config import ModelConfig
 from .errors import LumiError, UsageError
 from .kvcache import KVCache
 from .sampler import SamplingParams, choose
-from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, device_matmul_t, resident, stack_rows,
-                      to_float32, to_storage, widened_matmul_t)
+from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, device_matmul_t, release, resident,
+                      stack_rows, to_float32, to_storage, widened_matmul_t)
 
 F32 = np.float32
 NEG_INF = np.float32(-np.inf)
@@ -195,6 +195,8 @@ def _vector(device: Device, *arrays):
 def _matrix(device: Device, dtype: str, *arrays):
     """A matrix in its storage dtype, the rows of several stacked, on the device (in the process's own memory on the host)."""
     w = resident(to_storage(stack_rows(list(arrays)), dtype))
+    for a in arrays:  # copied out: the file's pages need not stay in this process's resident set
+        release(a)
     if isinstance(w, np.ndarray):
         return device.to_device(w)
     return w if device.host_memory else DeviceMatrix(w, device)

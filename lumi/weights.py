@@ -9,6 +9,7 @@ of rows at a time, never the whole matrix.
 
 from __future__ import annotations
 
+import mmap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -333,6 +334,28 @@ def resident(w):
     if isinstance(w, HalfMatrix):
         return w if isinstance(_owner(w.a), np.ndarray) else HalfMatrix(np.array(w.a))
     return w if isinstance(_owner(w), np.ndarray) else np.array(w)
+
+
+def release(a) -> None:
+    """Drop a file-mapped array's pages from this process's resident set, once it has been copied out.
+
+    They stay in the page cache (touching them again faults them back in without
+    a disk read), but they stop counting toward the process's memory: without
+    this, converting a memory-mapped fp32 checkpoint leaves the fp32 pages it read
+    resident next to the converted copy. A no-op for arrays in the process's own
+    memory, or where the platform's mmap has no madvise.
+    """
+    if isinstance(a, BlockQ8):
+        release(a.q)
+        release(a.scales)
+        return
+    a = a.a if isinstance(a, HalfMatrix) else a
+    owner = _owner(a)
+    if not isinstance(owner, mmap.mmap) or not hasattr(owner, "madvise") or not isinstance(a, np.ndarray) or not a.size:
+        return
+    start = a.ctypes.data - np.frombuffer(owner, dtype=np.uint8).ctypes.data
+    aligned = start - start % mmap.PAGESIZE
+    owner.madvise(mmap.MADV_DONTNEED, aligned, start + a.nbytes - aligned)
 
 
 def stack_rows(parts: list):

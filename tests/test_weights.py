@@ -1,6 +1,7 @@
 """Storage dtypes: 16-bit and int8 weights, widened block by block inside the product."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -124,3 +125,24 @@ def test_rows_split_across_threads_give_the_same_product(dtype):
         split = widened_matmul_t(x, stored)
         assert BLAS.threads() == 2  # restored after the call
     assert np.abs(single - split).max() <= 1e-6 * np.abs(single).max()  # BLAS kernels differ on block tails
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the resident set from /proc (Linux)")
+def test_release_drops_a_mapped_array_from_the_resident_set_and_keeps_its_data(tmp_path):
+    from lumi.weights import release
+
+    path = tmp_path / "w.npy"
+    np.save(path, np.arange(16 << 20, dtype=np.float32).reshape(4096, -1))  # 64 MiB
+    mapped = np.load(path, mmap_mode="r")
+    total = float(mapped.sum(dtype=np.float64))  # touch every page
+    before = _rss_bytes()
+    release(mapped[1024:])  # three quarters of it
+    after = _rss_bytes()
+    assert before - after > 40 << 20
+    assert float(mapped.sum(dtype=np.float64)) == total  # faulted back in from the page cache, unchanged
+    release(np.ones((4, 4), dtype=np.float32))  # the process's own memory: nothing to do
