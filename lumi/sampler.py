@@ -65,8 +65,11 @@ def choose(logits, params: SamplingParams, rng: np.random.Generator, xp=np):
             order = candidates[np.argsort(-z[candidates], kind="stable")]
         else:
             order = xp.argsort(-xp.where(low, F32(-np.inf), z))  # CuPy's sort is stable
+    elif xp is np and k < V:  # on the host, partition before sorting: the k best of 32000 in 0.1 ms, not 2
+        candidates = np.argpartition(z, -k)[-k:]
+        order = candidates[np.argsort(-z[candidates], kind="stable")]
     else:
-        order = xp.argsort(-z, kind="stable")[:k] if xp is np else xp.argsort(-z)[:k]
+        order = xp.argsort(-z, kind="stable") if xp is np else xp.argsort(-z)[:k]
     zs = z[order]  # candidates, most likely first
     if params.top_p < 1:
         cdf = xp.cumsum(_softmax(zs, xp))
