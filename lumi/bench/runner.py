@@ -21,8 +21,8 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from ..errors import LumiError, UsageError
 from ..backends import CPU, memory_stats
+from ..errors import LumiError, UsageError
 from .config import BenchConfig, ConfigError, RunPoint, load_config
 
 PROMPT_SEED = 1234  # the benchmark prompt's ids: fixed forever, so results stay comparable across commits
