@@ -74,10 +74,7 @@ def gemv(x, w):
     k = kind(w)
     if k is None:
         return None
-    import numba
-
-    from . import fused_kernels as fk
-
+    fk = _kernels()
     if k == "int8":
         serial, parallel, operands = fk.q8_rows, fk.q8_product, (w.q, w.scales)
     else:
@@ -87,8 +84,22 @@ def gemv(x, w):
     if w.nbytes < PARALLEL_MIN_BYTES:  # starting the pool (about 5 us) would cost more than it saves
         serial(*operands, vector, out, 0, len(out))
     else:
-        parallel(*operands, vector, out, numba.get_num_threads())
+        parallel(*operands, vector, out, _shares or fk.numba.get_num_threads())
     return out[None, :]
+
+
+_shares = None  # numba's thread count inside ``one_pool``: asking numba for it costs 1 us a product
+_loaded = None
+
+
+def _kernels():
+    """``lumi.fused_kernels``, imported once, on first use (it needs numba)."""
+    global _loaded
+    if _loaded is None:
+        from . import fused_kernels
+
+        _loaded = fused_kernels
+    return _loaded
 
 
 def provenance(threads: int) -> dict:
@@ -113,13 +124,16 @@ def _numba_threads(threads: int) -> int:
 @contextmanager
 def one_pool():
     """numba's pool gets BLAS's thread count; BLAS drops to one thread and parks its pool, for the duration."""
+    global _shares
     import numba
 
     threads = BLAS.threads()
-    numba.set_num_threads(_numba_threads(threads))
+    _shares = _numba_threads(threads)
+    numba.set_num_threads(_shares)
     BLAS.set(1)
     BLAS.park()
     try:
         yield threads
     finally:
+        _shares = None
         BLAS.set(threads)

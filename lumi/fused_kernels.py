@@ -15,6 +15,7 @@ finds it again: closures were compiled afresh in every process (about 1 s each).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
