@@ -267,8 +267,8 @@ class DeviceMatrix:
     def __init__(self, w, device):
         self.xp, self.shape, self.storage, self.nbytes = device.xp, tuple(w.shape), w.storage, w.nbytes
         self.path = f"{w.storage}-device-blocks"
-        if isinstance(w, BlockQ8):
-            self.q, self.scales = device.to_device(w.q), device.to_device(w.scales)
+        if isinstance(w, BlockQ8):  # BlockQ8.rows uses only array methods: the same arithmetic runs on the device
+            self.blocks = BlockQ8(device.to_device(w.q), device.to_device(w.scales))
         else:
             self.a = device.to_device(w.a.view(np.uint16) if w.storage == "bf16" else w.a)
 
@@ -276,9 +276,7 @@ class DeviceMatrix:
         """Rows picked by an index array or slice, as float32 (..., in) on the device."""
         xp = self.xp
         if self.storage == "int8":
-            q, scales = self.q[index], self.scales[index]
-            blocks = q.reshape(*q.shape[:-1], scales.shape[-1], -1).astype(xp.float32) * scales[..., None]
-            return blocks.reshape(q.shape)
+            return self.blocks.rows(index)
         if self.storage == "bf16":
             return (self.a[index].astype(xp.uint32) << 16).view(xp.float32)
         return self.a[index].astype(xp.float32)

@@ -113,7 +113,7 @@ def test_16_bit_and_int8_weights_stay_narrow_on_the_device(dtype, gpu_layers):
     for layer in model.layers:
         if layer.device is FAKE:
             assert isinstance(layer.w13, DeviceMatrix) and layer.w13.storage == dtype
-            held = [layer.w13.q, layer.w13.scales] if dtype == "int8" else [layer.w13.a]
+            held = [layer.w13.blocks.q, layer.w13.blocks.scales] if dtype == "int8" else [layer.w13.a]
             assert all(isinstance(a, DeviceArray) for a in held)
             assert held[0].itemsize == {"fp16": 2, "bf16": 2, "int8": 1}[dtype]  # never a float32 copy
     assert isinstance(model.output, DeviceMatrix) == (gpu_layers == -1)
