@@ -26,3 +26,13 @@ def asset(assets: Path, rel: str) -> Path:
     if not path.exists():
         pytest.skip(f"asset {path} not found")
     return path
+
+
+@pytest.fixture
+def without_cupy():
+    """For tests of the errors a machine without CuPy gives: skipped where CuPy is installed."""
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return
+    pytest.skip("CuPy is installed here")

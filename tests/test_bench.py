@@ -74,15 +74,12 @@ def test_bad_configs_name_the_file_and_key(tmp_path, case, capsys):
     assert err.count("\n") == 1 and str(path) in err
 
 
-def test_missing_config_and_a_cupy_config_without_a_gpu(tmp_path, capsys):
+def test_missing_config(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "absent.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("CuPy is installed here")
+
+
+def test_a_cupy_config_without_cupy(tmp_path, capsys, without_cupy):
     path = tmp_path / "gpu.yaml"
     path.write_text(TINY + "backend: cupy\n")
     assert main(["bench", str(path)]) == 2

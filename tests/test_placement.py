@@ -125,13 +125,7 @@ def test_16_bit_and_int8_weights_stay_narrow_on_the_device(dtype, gpu_layers):
     assert (COPIES["h2d"], COPIES["d2h"]) == (1, 1)  # weights never cross per token
 
 
-def test_cupy_backend_without_cupy_is_a_one_line_error(capsys):
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("CuPy is installed here")
+def test_cupy_backend_without_cupy_is_a_one_line_error(capsys, without_cupy):
     from lumi.cli import main
 
     assert main(["generate", "synthetic:stories260K", "--prompt-ids", "1", "--backend", "cupy"]) == 2
