@@ -6,31 +6,38 @@ import numpy as np
 
 
 class KVCache:
-    """Keys and values for every layer, laid out (n_kv_heads, max_seq_len, head_dim).
+    """Keys and values for every layer, one array (2, n_kv_heads, max_seq_len, head_dim) each.
 
     Head-major so that attention over the live prefix ``[:, :length]`` is one
-    batched product per kv head with unit-stride rows. Each layer has its own
-    arrays, created with that layer's array module, so a layer and its cache can
-    live on the same device. ``zeros`` maps fresh pages lazily: an unused tail
-    of a long context costs no resident memory.
+    batched product per kv head with unit-stride rows; keys and values side by
+    side so that a step stores both with one copy (one kernel on a GPU). Each
+    layer has its own array, created with that layer's array module, so a layer
+    and its cache can live on the same device. ``zeros`` maps fresh pages
+    lazily: an unused tail of a long context costs no resident memory.
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, max_seq_len: int, head_dim: int, xps):
-        shape = (n_kv_heads, max_seq_len, head_dim)
+        shape = (2, n_kv_heads, max_seq_len, head_dim)
         self.max_seq_len = max_seq_len
-        self.k = [xp.zeros(shape, dtype=np.float32) for xp in xps]
-        self.v = [xp.zeros(shape, dtype=np.float32) for xp in xps]
+        self.kv = [xp.zeros(shape, dtype=np.float32) for xp in xps]
 
-    def update(self, layer: int, start_pos: int, k, v):
-        """Store k, v (T, n_kv_heads, head_dim) at positions [start_pos, start_pos + T).
+    @property
+    def k(self):
+        return [kv[0] for kv in self.kv]
+
+    @property
+    def v(self):
+        return [kv[1] for kv in self.kv]
+
+    def update(self, layer: int, start_pos: int, kv):
+        """Store kv (T, 2, n_kv_heads, head_dim), keys then values, at positions [start_pos, start_pos + T).
 
         Returns the live keys and values, (n_kv_heads, start_pos + T, head_dim) views.
         """
-        end = start_pos + k.shape[0]
-        kc, vc = self.k[layer], self.v[layer]
-        kc[:, start_pos:end] = k.transpose(1, 0, 2)
-        vc[:, start_pos:end] = v.transpose(1, 0, 2)
-        return kc[:, :end], vc[:, :end]
+        end = start_pos + kv.shape[0]
+        cache = self.kv[layer]
+        cache[:, :, start_pos:end] = kv.transpose(1, 2, 0, 3)
+        return cache[0, :, :end], cache[1, :, :end]
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+        return sum(a.nbytes for a in self.kv)

@@ -35,20 +35,27 @@ NEG_INF = np.float32(-np.inf)
 # the building blocks
 
 
-def linear(x, w):
-    """x (T, in) @ w.T -> (T, out), w stored (out, in) C-contiguous.
+def linear(x, w, residual=None):
+    """x (T, in) @ w.T -> (T, out), w stored (out, in) C-contiguous; added into ``residual`` when given.
 
     Rows of ``w`` are the dot products the product streams through; BLAS takes
     the transposed view as a flag, with no copy. A weight that is not
     C-contiguous here (a transposed view of an (in, out) array, the seed's 7x
     slowdown) is a bug, and the layout test catches it. 16-bit and int8
     weights are widened a block of rows at a time (``weights.widened_matmul_t``).
+    ``residual`` (T, out) is the residual stream: the product is added into it
+    in place (a GPU kernel does that in the same launch) and it is returned.
     """
     if isinstance(w, (HalfMatrix, BlockQ8)):
-        return widened_matmul_t(x, w)
-    if isinstance(w, DeviceMatrix):
-        return device_matmul_t(x, w)
-    return x @ w.T
+        y = widened_matmul_t(x, w)
+    elif isinstance(w, DeviceMatrix):
+        y = device_matmul_t(x, w)
+    else:
+        y = x @ w.T
+    if residual is None:
+        return y
+    residual += y
+    return residual
 
 
 def rmsnorm(x, w, eps, xp):
@@ -137,13 +144,16 @@ def swiglu(gu, hidden_dim: int, xp):
     return act
 
 
-def fused_linear(x, w):
+def fused_linear(x, w, residual=None):
     """``linear`` through lumi's fused numba kernel for a single token (``fused.gemv``), else as usual."""
     if x.shape[0] == 1:
         out = fused.gemv(x, w)
         if out is not None:
-            return out
-    return linear(x, w)
+            if residual is None:
+                return out
+            residual += out
+            return residual
+    return linear(x, w, residual)
 
 
 def embed(table, tokens):
@@ -153,8 +163,8 @@ def embed(table, tokens):
     return table[tokens]
 
 
-def update_cache(cache: KVCache, layer: int, start_pos: int, k, v):
-    return cache.update(layer, start_pos, k, v)
+def update_cache(cache: KVCache, layer: int, start_pos: int, kv):
+    return cache.update(layer, start_pos, kv)
 
 
 # The operations the forward pass calls, by the kind a profile reports them under.
@@ -388,15 +398,12 @@ class Model:
             qkv = ops.matmul(h, layer.wqkv)  # (T, d + 2 kv_dim)
             if layer.bqkv is not None:
                 qkv += layer.bqkv
+            ops.rope(qkv[:, : (H + Hkv) * hd].reshape(T, H + Hkv, hd), cos, sin, c.rope_layout)  # q and k at once
             q = qkv[:, : H * hd].reshape(T, H, hd)
-            k = qkv[:, H * hd : (H + Hkv) * hd].reshape(T, Hkv, hd)
-            v = qkv[:, (H + Hkv) * hd :].reshape(T, Hkv, hd)
-            ops.rope(q, cos, sin, c.rope_layout)
-            ops.rope(k, cos, sin, c.rope_layout)
-            keys, values = ops.cache(self.cache, i, start_pos, k, v)  # (Hkv, L, hd)
-            x += ops.matmul(ops.attention(q, keys, values, start_pos, xp), layer.wo)
+            keys, values = ops.cache(self.cache, i, start_pos, qkv[:, H * hd :].reshape(T, 2, Hkv, hd))  # (Hkv, L, hd)
+            x = ops.matmul(ops.attention(q, keys, values, start_pos, xp), layer.wo, x)  # x += ...
             h = ops.norm(x, layer.ffn_norm, self.eps, xp)
-            x += ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2)
+            x = ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2, x)
         if here is not self.head:
             x = self.head.to_device(here.to_host(x))
         return ops.norm(x, self.norm, self.eps, self.head.xp)

@@ -56,12 +56,12 @@ def test_every_product_weight_is_c_contiguous_in_the_layout_the_product_wants():
     seen = {}
     real = model.ops.matmul
 
-    def checked(x, w):
+    def checked(x, w, residual=None):
         assert w.ndim == 2 and w.flags.c_contiguous, f"weight {w.shape} is not a C-contiguous (out, in) matrix"
         assert w.dtype == np.float32
         assert w.shape[1] == x.shape[-1], f"weight {w.shape} is not (out, in) for input {x.shape}"
         seen[id(w)] = w
-        return real(x, w)
+        return real(x, w, residual)
 
     model.ops.matmul = checked
     model.prefill(np.array([1, 5, 9], dtype=np.int32), 0)
