@@ -22,13 +22,18 @@ class Device:
     to_device: Callable  # host ndarray -> array on this device
     to_host: Callable  # array on this device -> host ndarray
     host_memory: bool = False  # its arrays are NumPy arrays in host memory (the CPU, or a stand-in for tests)
+    kernels: object = None  # fused kernels for a one-token step on this device (``cuda.Kernels``), or None
 
 
 CPU = Device("cpu", np, np.asarray, np.asarray, host_memory=True)
 
 
-def cupy_device() -> Device:
-    """The current CUDA device through CuPy, or a one-line error saying what is missing."""
+def cupy_device(fused: bool = True) -> Device:
+    """The current CUDA device through CuPy, or a one-line error saying what is missing.
+
+    ``fused``: decode steps run lumi's own kernels (``cuda.py``); False composes
+    them from CuPy's array functions alone, as a reference to compare against.
+    """
     try:
         import cupy
     except ImportError:
@@ -40,7 +45,10 @@ def cupy_device() -> Device:
         raise UsageError("--backend", f"cupy: CuPy is installed but CUDA is not usable ({error})") from None
     if count == 0:
         raise UsageError("--backend", "cupy: CuPy is installed but no CUDA GPU is visible")
-    return Device(f"cuda:{cupy.cuda.runtime.getDevice()}", cupy, cupy.asarray, cupy.asnumpy)
+    from .cuda import Kernels
+
+    return Device(f"cuda:{cupy.cuda.runtime.getDevice()}", cupy, cupy.asarray, cupy.asnumpy,
+                  kernels=Kernels(cupy) if fused else None)
 
 
 def get_device(backend: str) -> Device:

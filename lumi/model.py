@@ -24,8 +24,8 @@ from .config import ModelConfig
 from .errors import LumiError, UsageError
 from .kvcache import KVCache
 from .sampler import SamplingParams, choose
-from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, device_matmul_t, release, resident,
-                      stack_rows, to_float32, to_storage, widened_matmul_t)
+from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, convert_on_device, device_matmul_t, release,
+                      resident, stack_rows, to_float32, to_storage, widened_matmul_t)
 
 F32 = np.float32
 NEG_INF = np.float32(-np.inf)
@@ -197,19 +197,32 @@ class Layer:
 STACKED_ROWS = (("attention.wq", "attention.wk", "attention.wv"), ("feed_forward.w1", "feed_forward.w3"))
 
 
-def _vector(device: Device, *arrays):
+def _vector(device: Device, source: Device, *arrays):
     """Norm weights and biases: one float32 vector on the device (several concatenated)."""
+    if not source.host_memory:  # weights made on a device (``synthetic.DeviceWeights``)
+        v = source.xp.concatenate(arrays)
+        return v if device is source else device.to_device(source.to_host(v))
     return device.to_device(np.ascontiguousarray(np.concatenate([to_float32(a) for a in arrays])))
 
 
-def _matrix(device: Device, dtype: str, *arrays):
-    """A matrix in its storage dtype, the rows of several stacked, on the device (in the process's own memory on the host)."""
+def _matrix(device: Device, source: Device, dtype: str, *arrays):
+    """A matrix in its storage dtype, the rows of several stacked, on the device (in the process's own memory on the host).
+
+    ``source``: where ``arrays`` are; weights made on a GPU are converted there,
+    and only their stored bytes come to the host for layers placed there.
+    """
+    if not source.host_memory:
+        w = convert_on_device(arrays[0] if len(arrays) == 1 else source.xp.concatenate(arrays), dtype, source.xp)
+        if device is source:
+            return w
+        return source.to_host(w) if dtype == "fp32" else w.to_host(source) if device.host_memory else \
+            DeviceMatrix.upload(w.to_host(source), device)
     w = resident(to_storage(stack_rows(list(arrays)), dtype))
     for a in arrays:  # copied out: the file's pages need not stay in this process's resident set
         release(a)
     if isinstance(w, np.ndarray):
         return device.to_device(w)
-    return w if device.host_memory else DeviceMatrix(w, device)
+    return w if device.host_memory else DeviceMatrix.upload(w, device)
 
 
 class Model:
@@ -217,6 +230,8 @@ class Model:
 
     ``weights`` maps the canonical names of ``ModelConfig.tensor_shapes()`` to
     arrays; memory maps are copied into the process's own memory, where they stream faster.
+    A mapping with a ``device`` attribute holds arrays on that device (weights
+    drawn on a GPU), converted there.
     """
 
     def __init__(self, config: ModelConfig, weights: dict, *, max_seq_len: int | None = None, dtype: str = "fp32",
@@ -241,38 +256,41 @@ class Model:
         self.config = config
         self.max_seq_len = max_seq_len
         self.dtype = dtype
-        if kernels == "numba" and not device.host_memory and (head_on_device or any(on_device)):
-            raise UsageError("--kernels", f"numba kernels run on the CPU; layers on {device.name} cannot use them")
-        self.kernels = kernels
+        self.kernels = kernels  # for the layers on the CPU; a GPU's layers run its own (``Device.kernels``)
         self._decoding = False
         self.head = device if head_on_device else CPU  # embedding, final norm, classifier
         self.placement = [device if d else CPU for d in on_device]
         c, w = config, weights
-        self.tok_embeddings = _matrix(self.head, dtype, w["tok_embeddings"])  # (V, d)
+        source = getattr(weights, "device", CPU)
+        self.tok_embeddings = _matrix(self.head, source, dtype, w["tok_embeddings"])  # (V, d)
         self.layers = []
         for i, dev in enumerate(self.placement):
             p = f"layers.{i}."
             bias = None
             if c.attention_bias:
-                bias = _vector(dev, w[p + "attention.bq"], w[p + "attention.bk"], w[p + "attention.bv"])
+                bias = _vector(dev, source, w[p + "attention.bq"], w[p + "attention.bk"], w[p + "attention.bv"])
             self.layers.append(
                 Layer(
-                    attention_norm=_vector(dev, w[p + "attention_norm"]),
-                    wqkv=_matrix(dev, dtype, *(w[p + n] for n in STACKED_ROWS[0])),
+                    attention_norm=_vector(dev, source, w[p + "attention_norm"]),
+                    wqkv=_matrix(dev, source, dtype, *(w[p + n] for n in STACKED_ROWS[0])),
                     bqkv=bias,
-                    wo=_matrix(dev, dtype, w[p + "attention.wo"]),
-                    ffn_norm=_vector(dev, w[p + "ffn_norm"]),
-                    w13=_matrix(dev, dtype, *(w[p + n] for n in STACKED_ROWS[1])),
-                    w2=_matrix(dev, dtype, w[p + "feed_forward.w2"]),
+                    wo=_matrix(dev, source, dtype, w[p + "attention.wo"]),
+                    ffn_norm=_vector(dev, source, w[p + "ffn_norm"]),
+                    w13=_matrix(dev, source, dtype, *(w[p + n] for n in STACKED_ROWS[1])),
+                    w2=_matrix(dev, source, dtype, w[p + "feed_forward.w2"]),
                     device=dev,
                 )
             )
-        self.norm = _vector(self.head, w["norm"])  # (d,)
-        self.output = self.tok_embeddings if c.tie_embeddings else _matrix(self.head, dtype, w["output"])  # (V, d)
+        self.norm = _vector(self.head, source, w["norm"])  # (d,)
+        self.output = self.tok_embeddings if c.tie_embeddings else _matrix(self.head, source, dtype, w["output"])  # (V, d)
         self.eps = F32(c.norm_eps)
-        self.ops = SimpleNamespace(**OPS)
+        self.ops = SimpleNamespace(**OPS)  # the operations of the layers on the host (and of prompts everywhere)
         if kernels == "numba":
             self.ops.matmul = fused_linear
+        # the operations of one-token steps on each device: its fused kernels where it has them
+        self.step_ops = {dev: SimpleNamespace(**dev.kernels.ops(OPS)) if dev.kernels
+                         else self.ops if dev.host_memory else SimpleNamespace(**OPS)
+                         for dev in {self.head, *self.placement}}
         self.rope = {}  # device -> (cos, sin), each (max_seq_len, hd/2), on every device a layer uses
         for dev in {self.head, *self.placement}:
             self.rope[dev] = rope_tables(c.head_dim, max_seq_len, c.rope_theta, dev.xp, c.rope_scaling)
@@ -375,21 +393,25 @@ class Model:
             bad = lo if lo < 0 else hi
             raise LumiError(f"token id {bad} is out of range for a vocabulary of {self.config.vocab_size}")
 
+    def _ops(self, device: Device, T: int) -> SimpleNamespace:
+        return self.step_ops[device] if T == 1 else self.ops
+
     def _last_logits(self, tokens, start_pos: int):
         """Logits (V,) of the last of tokens, on the head's device: the classifier runs on that position only."""
         x = self._hidden(tokens, start_pos)
-        return self.ops.matmul(x[-1:], self.output)[0]
+        return self._ops(self.head, 1).matmul(x[-1:], self.output)[0]
 
     def _hidden(self, tokens, start_pos: int):
         """Final-normed hidden states (T, d) for tokens at start_pos.."""
         tokens = np.asarray(tokens)
         self._check(tokens, start_pos)
-        c, ops = self.config, self.ops
+        c = self.config
         T, H, Hkv, hd = len(tokens), c.n_heads, c.n_kv_heads, c.head_dim
         here = self.head  # where x lives: activations cross a device boundary once per boundary per step
-        x = ops.embed(self.tok_embeddings, here.to_device(tokens))  # (T, d)
+        x = self.ops.embed(self.tok_embeddings, here.to_device(tokens))  # (T, d)
         for i, layer in enumerate(self.layers):
             dev, xp = layer.device, layer.device.xp
+            ops = self._ops(dev, T)
             if dev is not here:
                 x = dev.to_device(here.to_host(x))
                 here = dev
@@ -406,4 +428,4 @@ class Model:
             x = ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2, x)
         if here is not self.head:
             x = self.head.to_device(here.to_host(x))
-        return ops.norm(x, self.norm, self.eps, self.head.xp)
+        return self._ops(self.head, T).norm(x, self.norm, self.eps, self.head.xp)

@@ -255,22 +255,36 @@ DEVICE_BLOCK_BYTES = 64 << 20  # float32 bytes widened per block on a device: fe
 
 
 class DeviceMatrix:
-    """A HalfMatrix or BlockQ8 held on a device in its stored width, widened there a block of rows at a time.
+    """A 16-bit or int8 matrix held on a device in its stored width, widened there a block of rows at a time.
 
     The same rule as on the host (a full float32 copy never exists), with the
     device's array module: bf16 travels as its uint16 bits (CuPy has no bfloat16
     dtype) and widens by a shift into a float's high half; fp16 by the device's
-    own half-to-float conversion; int8 as int8 times its block scales. Each block
-    is then one float32 matrix product on the device.
+    own half-to-float conversion; int8 as int8 times its block scales. A prompt's
+    product widens a block at a time into one float32 matrix product; a decode
+    step's product is one kernel that reads the stored width (``cuda.Kernels.gemv``).
+    ``a``: the fp16 values or bf16 bits (out, in); ``blocks``: a BlockQ8 of device arrays.
     """
 
-    def __init__(self, w, device):
-        self.xp, self.shape, self.storage, self.nbytes = device.xp, tuple(w.shape), w.storage, w.nbytes
-        self.path = f"{w.storage}-device-blocks"
+    def __init__(self, storage: str, xp, a=None, blocks: BlockQ8 | None = None):
+        self.xp, self.storage, self.a, self.blocks = xp, storage, a, blocks
+        held = blocks.q if blocks is not None else a
+        self.shape, self.nbytes = tuple(held.shape), (blocks.nbytes if blocks is not None else a.nbytes)
+        self.path = f"{storage}-device-blocks"
+
+    @classmethod
+    def upload(cls, w, device) -> DeviceMatrix:
+        """A host HalfMatrix or BlockQ8, copied to the device as it is stored."""
         if isinstance(w, BlockQ8):  # BlockQ8.rows uses only array methods: the same arithmetic runs on the device
-            self.blocks = BlockQ8(device.to_device(w.q), device.to_device(w.scales))
-        else:
-            self.a = device.to_device(w.a.view(np.uint16) if w.storage == "bf16" else w.a)
+            return cls("int8", device.xp, blocks=BlockQ8(device.to_device(w.q), device.to_device(w.scales)))
+        return cls(w.storage, device.xp, a=device.to_device(w.a.view(np.uint16) if w.storage == "bf16" else w.a))
+
+    def to_host(self, device):
+        """The host HalfMatrix or BlockQ8 holding the same stored values."""
+        if self.blocks is not None:
+            return BlockQ8(device.to_host(self.blocks.q), device.to_host(self.blocks.scales))
+        a = device.to_host(self.a)
+        return HalfMatrix(a.view(BF16) if self.storage == "bf16" else a)
 
     def rows(self, index):
         """Rows picked by an index array or slice, as float32 (..., in) on the device."""
@@ -280,6 +294,30 @@ class DeviceMatrix:
         if self.storage == "bf16":
             return (self.a[index].astype(xp.uint32) << 16).view(xp.float32)
         return self.a[index].astype(xp.float32)
+
+
+def convert_on_device(w, dtype: str, xp):
+    """A float32 matrix on a device in the storage ``dtype``, converted there: an array (fp32) or a DeviceMatrix.
+
+    bf16 rounds to nearest even, as ml_dtypes does on the host (finite values);
+    int8 takes ``quantize_q8``'s blocks and absmax scales.
+    """
+    if dtype == "fp32":
+        return w
+    if dtype == "fp16":
+        return DeviceMatrix("fp16", xp, a=w.astype(xp.float16))
+    if dtype == "bf16":
+        bits = w.view(xp.uint32)
+        rounded = bits + (xp.uint32(0x7FFF) + ((bits >> 16) & xp.uint32(1)))
+        return DeviceMatrix("bf16", xp, a=(rounded >> 16).astype(xp.uint16))
+    if dtype == "int8":
+        rows, cols = w.shape
+        blocks = w.reshape(rows, cols // QK if cols % QK == 0 else 1, -1)
+        scale = xp.abs(blocks).max(axis=-1) / np.float32(127)
+        inverse = xp.where(scale > 0, np.float32(1) / xp.where(scale > 0, scale, np.float32(1)), np.float32(0))
+        q = xp.rint(blocks * inverse[:, :, None]).astype(xp.int8).reshape(rows, cols)
+        return DeviceMatrix("int8", xp, blocks=BlockQ8(q, scale.astype(xp.float32)))
+    raise ValueError(f"unknown storage dtype {dtype!r} (known: {', '.join(STORAGE_DTYPES)})")
 
 
 def device_matmul_t(x, w: DeviceMatrix):

@@ -73,3 +73,57 @@ def _fake_xp():
 
 
 FAKE = Device("fake-gpu", _fake_xp(), _to_device, _to_host)  # host_memory=False: like a GPU
+
+
+class ReferenceKernels:
+    """``cuda.Kernels`` with each kernel replaced by the generic operation it must equal, counting launches.
+
+    ``Kernels.ops`` (the real wiring, fallbacks included) runs unchanged on top,
+    so the tests show which operations of a step reach a kernel, and how many
+    launches a step makes, without a GPU.
+    """
+
+    def __init__(self):
+        self.launches = Counter()
+
+    def gemv(self, x, w, residual=None):
+        from lumi.weights import DeviceMatrix
+
+        if x.shape[0] != 1:
+            return None
+        self.launches["gemv"] += 1
+        y = x @ (w.rows(slice(None)) if isinstance(w, DeviceMatrix) else w).T
+        if residual is None:
+            return y
+        residual += y
+        return residual
+
+    def rmsnorm(self, x, w, eps):
+        from lumi.model import rmsnorm
+
+        self.launches["rmsnorm"] += 1
+        return rmsnorm(x, w, eps, FAKE.xp)
+
+    def rope(self, x, cos, sin, layout):
+        from lumi.model import apply_rope
+
+        self.launches["rope"] += 1
+        apply_rope(x, cos, sin, layout)
+        return True
+
+    def attend(self, q, k, v):
+        from lumi.model import attention
+
+        self.launches["attend"] += 1
+        return attention(q, k, v, k.shape[1] - 1, FAKE.xp)
+
+    def swiglu(self, gu, hidden_dim):
+        from lumi.model import swiglu
+
+        self.launches["swiglu"] += 1
+        return swiglu(gu, hidden_dim, FAKE.xp)
+
+    def ops(self, generic):
+        from lumi.cuda import Kernels
+
+        return Kernels.ops(self, generic)

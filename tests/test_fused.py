@@ -15,7 +15,8 @@ from lumi.cli import main  # noqa: E402
 from lumi.config import PRESETS  # noqa: E402
 from lumi.errors import UsageError  # noqa: E402
 from lumi.formats.synthetic import synthetic_weights  # noqa: E402
-from lumi.model import Model  # noqa: E402
+from lumi.backends import CPU  # noqa: E402
+from lumi.model import Model, fused_linear  # noqa: E402
 from lumi.weights import BLAS, BlockQ8, HalfMatrix, quantize_q8, to_storage, widened_matmul_t  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -184,10 +185,15 @@ def test_unknown_kernels_are_refused(tmp_path):
         load_config(cfg)
 
 
-def test_numba_kernels_refuse_layers_on_a_gpu():
-    from lumi.backends import Device
+def test_numba_kernels_run_the_host_layers_of_a_partial_offload():
+    from fake_device import FAKE
 
-    gpu_like = Device("gpu-like", np, np.asarray, np.asarray)  # host_memory=False, as for CuPy
     config = PRESETS["stories260K"]
-    with pytest.raises(UsageError, match="--kernels: numba kernels run on the CPU"):
-        Model(config, synthetic_weights(config), device=gpu_like, gpu_layers=2, kernels="numba")
+    weights = synthetic_weights(config)
+    expected = Model(config, weights)
+    model = Model(config, weights, device=FAKE, gpu_layers=2, kernels="numba")
+    assert model.step_ops[CPU].matmul is fused_linear and model.step_ops[FAKE].matmul is not fused_linear
+    expected.prefill(np.array([1, 2], dtype=np.int32))
+    model.prefill(np.array([1, 2], dtype=np.int32))
+    with model.decoding():
+        np.testing.assert_allclose(model.decode(3, 2), expected.decode(3, 2), atol=1e-4)

@@ -131,3 +131,47 @@ def test_cupy_backend_without_cupy_is_a_one_line_error(capsys, without_cupy):
     assert main(["generate", "synthetic:stories260K", "--prompt-ids", "1", "--backend", "cupy"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--backend: cupy: CuPy is not installed" in err
+
+
+def test_weights_made_on_a_device_convert_there_as_on_the_host():
+    """``DeviceWeights`` on a stand-in device: converted on the device, every dtype and placement, equal to the host's."""
+    from lumi.formats.synthetic import DeviceWeights
+
+    config = PRESETS["stories260K"]
+    host = synthetic_weights(config, seed=2)
+    made = DeviceWeights(config, CPU, seed=2)
+    assert set(made) == set(host) and all(np.array_equal(made[k], host[k]) for k in host)
+    tokens = np.array([1, 5, 9], dtype=np.int32)
+    for dtype in ("fp32", "fp16", "bf16", "int8"):
+        expected = Model(config, host, dtype=dtype).forward(tokens, 0)
+        for gpu_layers in (0, 2, -1):
+            COPIES.clear()
+            model = Model(config, DeviceWeights(config, FAKE, seed=2), dtype=dtype, device=FAKE, gpu_layers=gpu_layers)
+            assert np.array_equal(model.forward(tokens, 0), expected), (dtype, gpu_layers)
+
+
+def test_a_decode_step_on_a_device_with_kernels_is_ten_launches_a_layer():
+    """Every operation of a one-token step reaches its kernel; the logits stay the CPU's."""
+    import dataclasses
+
+    from fake_device import ReferenceKernels
+
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config, seed=3)
+    kernels = ReferenceKernels()
+    fused = dataclasses.replace(FAKE, kernels=kernels)
+    for dtype in ("fp32", "fp16", "bf16", "int8"):
+        expected = Model(config, weights, dtype=dtype)
+        model = Model(config, weights, dtype=dtype, device=fused, gpu_layers=-1)
+        expected.prefill(np.array([1, 2], dtype=np.int32))
+        kernels.launches.clear()
+        model.prefill(np.array([1, 2], dtype=np.int32))
+        assert kernels.launches == {"gemv": 1}  # a prompt runs the generic operations; its last row's classifier a kernel
+        for pos in (2, 3):
+            kernels.launches.clear()
+            np.testing.assert_allclose(model.decode(7, pos), expected.decode(7, pos), atol=1e-4)
+            n = config.n_layers
+            # per layer: 2 norms, 4 products (the residual adds inside), rope, attention, SwiGLU; the cache copy
+            # makes ten; then the final norm and the classifier
+            assert kernels.launches == {"gemv": 4 * n + 1, "rmsnorm": 2 * n + 1, "rope": n, "attend": n,
+                                        "swiglu": n}, dtype

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -78,13 +79,21 @@ def _std(config: ModelConfig, name: str) -> float:
     raise KeyError(name)
 
 
+def _host_generator(seed: int, index: int) -> np.random.Generator:
+    return np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, index])))
+
+
+def _scale(out, std: float) -> None:
+    """U[0, 1) in place to U[-s sqrt3, s sqrt3], which has std s."""
+    out -= np.float32(0.5)
+    out *= np.float32(math.sqrt(12) * std)
+
+
 def _fill(job) -> None:
     """Draw one tensor: uniform with the given std, from its own generator."""
     seed, index, out, std = job
-    rng = np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, index])))
-    rng.random(dtype=np.float32, out=out)  # U[0, 1)
-    out -= np.float32(0.5)
-    out *= np.float32(math.sqrt(12) * std)  # U[-s sqrt3, s sqrt3] has std s
+    _host_generator(seed, index).random(dtype=np.float32, out=out)  # U[0, 1)
+    _scale(out, std)
 
 
 def _carve(flat: np.ndarray, config: ModelConfig) -> dict[str, np.ndarray]:
@@ -175,3 +184,40 @@ def load_synthetic(spec: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     if 4 * config.n_params() >= CACHE_MIN_BYTES:
         weights = _cached_weights(config, preset, seed)
     return config, weights if weights is not None else synthetic_weights(config, seed)
+
+
+class DeviceWeights(Mapping):
+    """Synthetic weights made on a device, each tensor drawn when it is asked for and not kept.
+
+    A GPU draws with CuPy's own generator, so a 7B shape costs no host memory,
+    no host time and no transfer, and never more device memory than the model
+    plus one float32 tensor. The shapes and scales are ``synthetic_weights``'s;
+    the numbers are CuPy's (fine for speed, not for comparing ids with the host).
+    A device without CuPy's generator (the CPU, a test's stand-in) gets the host's
+    numbers, copied over: there the weights equal ``synthetic_weights``'s.
+    ``Model`` reads ``device`` and converts the tensors there.
+    """
+
+    def __init__(self, config: ModelConfig, device, seed: int = 0):
+        self.config, self.device, self.seed = config, device, seed
+        self.shapes = config.tensor_shapes()
+        self.index = {name: i for i, name in enumerate(self.shapes)}
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __getitem__(self, name: str):
+        shape, xp = self.shapes[name], self.device.xp
+        if name.endswith("norm"):
+            scale = LOGIT_STD / EMBED_RMS if name == "norm" and self.config.tie_embeddings else 1.0
+            return xp.full(shape, np.float32(scale), dtype=np.float32)
+        index = self.index[name]
+        if hasattr(xp, "cuda"):  # CuPy: drawn on the GPU itself
+            a = xp.random.RandomState(self.seed * 1_000_003 + index).random_sample(shape, dtype=np.float32)
+        else:
+            a = self.device.to_device(_host_generator(self.seed, index).random(shape, dtype=np.float32))
+        _scale(a, _std(self.config, name))
+        return a
