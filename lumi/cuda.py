@@ -232,6 +232,11 @@ MAX_SHARED_BYTES = 48 << 10  # the attention kernel's scores live in shared memo
 GEMV_KINDS = {"fp32": "gemv_f32", "fp16": "gemv_f16", "bf16": "gemv_bf16"}
 
 
+def _one_row(x) -> bool:
+    """x is (1, n) float32 with unit-stride elements: what the kernels index as a plain vector."""
+    return x.ndim == 2 and x.shape[0] == 1 and x.dtype == np.float32 and x.strides[1] == 4
+
+
 class Kernels:
     """The kernels for one array module (CuPy), compiled once, on first use."""
 
@@ -256,7 +261,7 @@ class Kernels:
         from .weights import DeviceMatrix
 
         cp = self.cp
-        if x.shape[0] != 1 or x.dtype != np.float32 or not x.flags.c_contiguous:
+        if not _one_row(x):
             return None
         if isinstance(w, DeviceMatrix):
             storage, rows, cols = w.storage, *w.shape
@@ -264,8 +269,7 @@ class Kernels:
             storage, (rows, cols) = "fp32", w.shape
         else:
             return None
-        if residual is not None and not (residual.flags.c_contiguous and residual.shape == (1, rows)
-                                         and residual.dtype == np.float32):
+        if residual is not None and not (_one_row(residual) and residual.shape == (1, rows)):
             return None
         y = residual if residual is not None else cp.empty((1, rows), dtype=np.float32)
         grid, block = ((rows + WARPS - 1) // WARPS,), (32 * WARPS,)
@@ -283,7 +287,7 @@ class Kernels:
         return y
 
     def rmsnorm(self, x, w, eps):
-        if not (x.flags.c_contiguous and x.dtype == np.float32 and w.flags.c_contiguous):
+        if not (_one_row(x) and w.strides == (4,)):
             return None
         T, d = x.shape
         y = self.cp.empty_like(x)
@@ -306,8 +310,8 @@ class Kernels:
         """One query token's attention: q (1, H, hd), k and v (Hkv, L, hd) views of the cache; (1, H * hd) or None."""
         _, H, hd = q.shape
         n_kv, L, _ = k.shape
-        if (4 * L > MAX_SHARED_BYTES or not q.flags.c_contiguous or k.strides[1:] != (4 * hd, 4)
-                or v.strides != k.strides):
+        if (4 * L > MAX_SHARED_BYTES or q.shape[0] != 1 or q.strides[1:] != (4 * hd, 4)
+                or k.strides[1:] != (4 * hd, 4) or v.strides != k.strides):
             return None
         out = self.cp.empty((1, H * hd), dtype=np.float32)
         self._fn("attend")((H,), (ATTEND_THREADS,), (q, k, v, out, np.int32(L), np.int32(hd), np.int32(H // n_kv),

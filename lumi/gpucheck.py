@@ -5,15 +5,23 @@ needs no installs beyond the preinstalled CuPy and writes everything it finds
 to one JSON and one Markdown file, each section recorded even when another
 fails:
 
-- golden: stories260K greedy ids against llama2.c's, and logits against the
-  CPU backend, for gpu_layers 0, 2 and -1; with fp16 and bf16 weights on the
-  device, the first 32 ids;
-- transfers: host<->device copies (and bytes) per generation step, counted;
-- bandwidth: device-to-device copy bandwidth, then decode sec/token of a big
-  synthetic shape with everything on the GPU, per storage dtype (fp16, bf16),
-  and the fraction of that bandwidth it reaches;
+- kernels: each of lumi's CUDA kernels (``cuda.py``) against the generic
+  operation it replaces, on random inputs;
+- golden: stories260K greedy ids against llama2.c's, and logits (prompt and
+  decode steps) against the CPU backend, for gpu_layers 0, 2 and -1; with fp16
+  and bf16 weights on the device, the first 32 ids;
+- transfers: host<->device copies (and bytes) per generation step, counted,
+  with every other device-to-host synchronisation made an error (cupyx); the
+  kernel launches of a step, by name (CUPTI, through torch.profiler where
+  PyTorch is installed);
+- bandwidth: device-to-device copy bandwidth, then decode sec/token (host
+  clock and CUDA events) of a big synthetic shape with everything on the GPU,
+  per storage dtype, and the fraction of that bandwidth it reaches; once more
+  with the step composed from CuPy's array functions, for comparison;
 - offload: decode sec/token as a function of gpu_layers and dtype under a
-  memory-pool limit that emulates a 12 GiB card.
+  memory-pool limit that emulates a 12 GiB card, up to the most that fit.
+
+The big shapes' weights are drawn on the GPU itself (``synthetic.DeviceWeights``).
 
 ``--backend numpy`` (with small shapes) runs the same code on the CPU: that is
 how the tests exercise it without a GPU.
@@ -22,8 +30,12 @@ how the tests exercise it without a GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import math
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -32,16 +44,28 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, generate
-from .backends import CPU, Device, get_device
+from . import __version__, fused, generate
+from .backends import Device, get_device
 from .bench.env import copy_bandwidth, sync
+from .config import PRESETS
 from .formats import load_checkpoint
+from .formats.synthetic import DeviceWeights
 from .model import Model
 from .sampler import SamplingParams
+from .weights import QK
+
+
+def _syncs(device: Device, allowed: bool):
+    """On CuPy, a scope in which any device-to-host synchronisation raises unless ``allowed``; elsewhere a no-op."""
+    if device.host_memory or not hasattr(device.xp, "cuda"):
+        return contextlib.nullcontext()
+    import cupyx
+
+    return cupyx.allow_synchronize(allowed)
 
 
 def _counting(device: Device, counts: Counter) -> Device:
-    """The same device, with its boundary copies counted."""
+    """The same device, with its boundary copies counted; the copy down is the one place a sync may happen."""
 
     def up(a):
         counts["h2d"] += 1
@@ -50,9 +74,59 @@ def _counting(device: Device, counts: Counter) -> Device:
     def down(a):
         counts["d2h"] += 1
         counts["d2h_bytes"] += a.nbytes
-        return device.to_host(a)
+        with _syncs(device, True):
+            return device.to_host(a)
 
-    return Device(device.name, device.xp, up, down, device.host_memory)
+    return dataclasses.replace(device, to_device=up, to_host=down)
+
+
+def _free(device: Device) -> None:
+    if not device.host_memory and hasattr(device.xp, "get_default_memory_pool"):
+        device.xp.get_default_memory_pool().free_all_blocks()
+
+
+def kernels(device: Device) -> dict:
+    """Each of lumi's CUDA kernels against the generic operation it replaces, on random inputs, on the device."""
+    from .model import OPS, apply_rope
+    from .weights import convert_on_device
+
+    if device.kernels is None:
+        return {"skipped": f"{device.name} has no fused kernels"}
+    xp, k, rows = device.xp, device.kernels, []
+    rng = np.random.default_rng(0)
+
+    def put(*shape):
+        return device.to_device(rng.standard_normal(shape, dtype=np.float32))
+
+    def row(name, got, want, tol=1e-4):
+        diff = float(xp.abs(got - want).max()) / max(float(xp.abs(want).max()), 1e-30)
+        rows.append({"kernel": name, "max_rel_diff": diff, "ok": diff < tol})
+
+    for out_dim, in_dim in ((4096, 4096), (11008, 4096), (64, 172), (100, 96)):  # vector and scalar paths
+        x, w32 = put(1, in_dim), put(out_dim, in_dim) / np.float32(math.sqrt(in_dim))
+        for dtype in ("fp32", "fp16", "bf16", "int8"):
+            w = convert_on_device(w32, dtype, xp)
+            want = OPS["matmul"](x, w)
+            row(f"gemv {dtype} {out_dim}x{in_dim}", k.gemv(x, w), want)
+            residual = put(1, out_dim)
+            expect = residual + want
+            row(f"gemv+residual {dtype} {out_dim}x{in_dim}", k.gemv(x, w, residual), expect)
+    for d in (64, 288, 4096):
+        x, w = put(3, d), put(d)
+        row(f"rmsnorm {d}", k.rmsnorm(x[:1].copy(), w, np.float32(1e-5)), OPS["norm"](x[:1], w, np.float32(1e-5), xp))
+    for layout in ("interleaved", "half"):
+        qkv, cos, sin = put(2, 3 * 4 * 16), put(2, 8), put(2, 8)
+        want = qkv.copy()
+        apply_rope(want[:, : 2 * 64].reshape(2, 8, 16), cos, sin, layout)
+        ok = k.rope(qkv[:, : 2 * 64].reshape(2, 8, 16), cos, sin, layout)
+        row(f"rope {layout}", qkv if ok else want + np.float32(1), want)
+    for H, Hkv, hd, L in ((8, 4, 8, 1), (8, 4, 8, 37), (32, 32, 128, 300), (32, 8, 128, 2000)):
+        q, cache = put(1, H, hd), put(2, Hkv, L + 5, hd)
+        keys, values = cache[0, :, :L], cache[1, :, :L]
+        row(f"attend H{H} Hkv{Hkv} hd{hd} L{L}", k.attend(q, keys, values), OPS["attention"](q, keys, values, L - 1, xp))
+    gu = put(1, 2 * 11008)
+    row("swiglu 11008", k.swiglu(gu, 11008), OPS["activation"](gu, 11008, xp))
+    return {"rows": rows, "ok": all(r["ok"] for r in rows)}
 
 
 def golden(device: Device, assets: Path) -> dict:
@@ -60,15 +134,22 @@ def golden(device: Device, assets: Path) -> dict:
     ids = json.loads((assets / "golden" / "stories260K_greedy.json").read_text())["generated_ids"]
     inputs = np.load(assets / "golden" / "stories260K_greedy.npz")["input_ids"]
     config, weights = load_checkpoint(checkpoint)
-    cpu_logits = Model(config, weights).forward(inputs, 0)
+    cpu = Model(config, weights)
+    cpu_logits = cpu.forward(inputs, 0)
+    steps = [1, *ids[:15]]  # decode steps (the fused kernels' path) along the golden sequence
+    cpu_steps = [cpu.decode(t, pos) for pos, t in enumerate(steps)]
     rows = []
     for gpu_layers in (0, 2, -1):
         model = Model(config, weights, device=device, gpu_layers=gpu_layers)
         got = generate(model, [1], len(ids), ignore_eos=True).run().generated_ids
         model.reset()
         diff = float(np.abs(model.forward(inputs, 0) - cpu_logits).max())
+        model.reset()
+        step_diff = max(float(np.abs(model.decode(t, pos) - want).max())
+                        for (pos, t), want in zip(enumerate(steps), cpu_steps))
         rows.append({"gpu_layers": gpu_layers, "ids_equal_golden": got == ids, "max_logit_diff_vs_cpu": diff,
-                     "ok": got == ids and diff < 5e-4})
+                     "max_decode_logit_diff_vs_cpu": step_diff,
+                     "ok": got == ids and diff < 5e-4 and step_diff < 5e-4})
     for dtype in ("fp16", "bf16"):  # 16-bit weights held 16-bit on the device: the first 32 ids must equal fp32's
         model = Model(config, weights, dtype=dtype, device=device, gpu_layers=-1)
         got = generate(model, [1], 32, ignore_eos=True).run().generated_ids
@@ -77,7 +158,27 @@ def golden(device: Device, assets: Path) -> dict:
     return {"rows": rows, "ok": all(r["ok"] for r in rows)}
 
 
+def _launches(device: Device, step, n: int) -> dict | None:
+    """Kernels and copies the GPU ran over n calls of ``step``, per call, by name (CUPTI through torch.profiler)."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+        sync(device)
+    names = Counter()
+    for event in prof.events():
+        if str(getattr(event, "device_type", "")).endswith("CUDA"):
+            names[event.name] += 1
+    copies = sum(c for name, c in names.items() if name.startswith(("Memcpy", "Memset")))
+    return {"per_step": (sum(names.values()) - copies) / n, "copies_per_step": copies / n,
+            "by_name_per_step": {name: c / n for name, c in names.most_common(40)}}
+
+
 def transfers(device: Device, preset: str) -> dict:
+    """Copies across the boundary per generation step, with every other synchronisation forbidden; GPU launches."""
     counts: Counter = Counter()
     rows = []
     config, weights = load_checkpoint(f"synthetic:{preset}")
@@ -85,60 +186,125 @@ def transfers(device: Device, preset: str) -> dict:
         model = Model(config, weights, max_seq_len=64, device=_counting(device, counts), gpu_layers=gpu_layers)
         model.prefill(np.array([1, 2, 3], dtype=np.int32), 0)
         counts.clear()
-        steps, rng = 8, np.random.default_rng(0)
-        for pos in range(3, 3 + steps):  # as a generation steps: the token is chosen where the logits are
-            model.next_token([5], pos, SamplingParams(), rng)
-        rows.append({"gpu_layers": gpu_layers, "h2d_per_step": counts["h2d"] / steps,
-                     "d2h_per_step": counts["d2h"] / steps, "d2h_bytes_per_step": counts["d2h_bytes"] / steps})
-    return {"rows": rows}
+        steps, rng, pos = 8, np.random.default_rng(0), [3]
+
+        def step():  # as a generation steps: the token is chosen where the logits are
+            model.next_token([5], pos[0], SamplingParams(), rng)
+            pos[0] += 1
+
+        try:
+            with _syncs(device, False):
+                for _ in range(steps):
+                    step()
+            hidden = None
+        except Exception as error:  # cupyx's DeviceSynchronized names the hidden copy
+            hidden = f"{type(error).__name__}: {error}"[:300]
+        row = {"gpu_layers": gpu_layers, "h2d_per_step": counts["h2d"] / steps, "d2h_per_step": counts["d2h"] / steps,
+               "d2h_bytes_per_step": counts["d2h_bytes"] / steps, "hidden_sync": hidden}
+        if gpu_layers == -1 and not device.host_memory:
+            launches = _launches(device, step, steps)
+            if launches:
+                launches["per_layer_approx"] = launches["per_step"] / config.n_layers
+            row["launches"] = launches
+        rows.append(row)
+    return {"preset": preset, "n_layers": config.n_layers, "rows": rows}
 
 
-def decode_speed(model: Model, device: Device, steps: int) -> float:
-    model.prefill(np.array([1, 2, 3, 4], dtype=np.int32), 0)
-    times = []
-    for pos in range(4, 4 + steps):
-        sync(device)
-        t0 = time.perf_counter()
-        model.decode(7, pos)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def decode_speed(model: Model, device: Device, steps: int, warmup: int = 2) -> dict:
+    """Median host seconds per greedy decode step (the token chosen on the device), and by CUDA events on a GPU."""
+    rng, params = np.random.default_rng(0), SamplingParams()
+    events = not device.host_memory and hasattr(device.xp, "cuda")
+    host, gpu = [], []
+    with model.decoding():
+        token = model.next_token([1], 0, params, rng)
+        for pos in range(1, 1 + warmup + steps):
+            sync(device)
+            if events:
+                start, end = device.xp.cuda.Event(), device.xp.cuda.Event()
+                start.record()
+            t0 = time.perf_counter()
+            token = model.next_token([token], pos, params, rng)
+            t1 = time.perf_counter()
+            if pos > warmup:
+                host.append(t1 - t0)
+                if events:
+                    end.record()
+                    end.synchronize()
+                    gpu.append(device.xp.cuda.get_elapsed_time(start, end) / 1e3)
+    result = {"decode_s_per_token": statistics.median(host)}
+    if gpu:
+        result["event_s_per_token"] = statistics.median(gpu)
+    return result
+
+
+def _weights(config, device: Device):
+    """Synthetic weights made on the device itself (CuPy's generator), one tensor at a time."""
+    return DeviceWeights(config, device)
 
 
 def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_bytes: int) -> dict:
     copy = copy_bandwidth(device, copy_bytes)
-    config, weights = load_checkpoint(f"synthetic:{preset}")
+    config = PRESETS[preset]
     rows = []
-    for dtype in dtypes:
-        model = Model(config, weights, max_seq_len=64, dtype=dtype, device=device, gpu_layers=-1)
-        s = decode_speed(model, device, steps)
+    runs = [(dtype, device) for dtype in dtypes]
+    if device.kernels is not None:  # the same step composed from CuPy's array functions, for comparison
+        runs.append((dtypes[0], dataclasses.replace(device, kernels=None)))
+    for dtype, dev in runs:
+        model = Model(config, _weights(config, dev), max_seq_len=64, dtype=dtype, device=dev, gpu_layers=-1)
+        speed = decode_speed(model, dev, steps if dev.kernels is not None else max(3, steps // 4))
         bytes_per_token = model.decode_weight_bytes()
-        rows.append({"dtype": dtype, "decode_s_per_token": s, "decode_tokens_per_s": 1 / s,
-                     "weight_bytes_per_token": bytes_per_token, "fraction_of_copy_bandwidth": bytes_per_token / s / copy,
+        rows.append({"dtype": dtype, "kernels": "lumi" if dev.kernels is not None else "array-functions", **speed,
+                     "decode_tokens_per_s": 1 / speed["decode_s_per_token"], "weight_bytes_per_token": bytes_per_token,
+                     "fraction_of_copy_bandwidth": bytes_per_token / speed["decode_s_per_token"] / copy,
                      "paths": model.widening_paths()})
         del model
-        if device is not CPU:
-            device.xp.get_default_memory_pool().free_all_blocks()
+        _free(device)
     return {"preset": preset, "copy_bytes_per_s": copy, "rows": rows}
 
 
+def _layer_bytes(config, dtype: str) -> int:
+    per = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1 + 4 / QK}[dtype]
+    return int(sum(math.prod(s) for n, s in config.tensor_shapes().items() if n.startswith("layers.0.")) * per)
+
+
 def offload(device: Device, preset: str, dtypes: list[str], steps: int, pool_bytes: int | None) -> dict:
-    config, weights = load_checkpoint(f"synthetic:{preset}")
-    if pool_bytes and device is not CPU:
-        device.xp.get_default_memory_pool().set_limit(size=pool_bytes)
+    """Decode sec/token by gpu_layers under a memory-pool limit (a smaller card), and the most layers that fit."""
+    config = PRESETS[preset]
+    host_kernels = "numba" if fused.missing() is None else "numpy"
+    pool = device.xp.get_default_memory_pool() if not device.host_memory else None
+    if pool_bytes and pool is not None:
+        pool.set_limit(size=pool_bytes)
     rows = []
+
+    def run(dtype, gpu_layers):
+        try:
+            model = Model(config, _weights(config, device), max_seq_len=64, dtype=dtype, device=device,
+                          gpu_layers=gpu_layers, kernels=host_kernels)
+            row = {"dtype": dtype, "gpu_layers": gpu_layers}
+            row.update(decode_speed(model, device, steps, warmup=1))
+            if pool is not None:
+                row["pool_used_bytes"] = pool.used_bytes()
+            del model
+            return row
+        except Exception as error:  # out of device memory under the emulated card's limit
+            return {"dtype": dtype, "gpu_layers": gpu_layers, "error": f"{type(error).__name__}: {error}"[:200]}
+        finally:
+            _free(device)
+
     for dtype in dtypes:
-        for gpu_layers in sorted({0, config.n_layers // 4, config.n_layers // 2, 3 * config.n_layers // 4}):
-            try:
-                model = Model(config, weights, max_seq_len=64, dtype=dtype, device=device, gpu_layers=gpu_layers)
-                rows.append({"dtype": dtype, "gpu_layers": gpu_layers,
-                             "decode_s_per_token": decode_speed(model, device, steps)})
-                del model
-            except Exception as error:  # out of device memory under the emulated card's limit
-                rows.append({"dtype": dtype, "gpu_layers": gpu_layers, "error": f"{type(error).__name__}: {error}"[:300]})
-            if device is not CPU:
-                device.xp.get_default_memory_pool().free_all_blocks()
-    return {"preset": preset, "pool_limit_bytes": pool_bytes, "rows": rows}
+        limit = pool_bytes or (1 << 62)
+        most = min(config.n_layers, int((limit - (1 << 30)) // _layer_bytes(config, dtype)))
+        points = sorted({p for p in (0, 8, 16, 24) if p < config.n_layers and dtype != "fp32"} | {most})
+        for gpu_layers in points:
+            row = run(dtype, gpu_layers)
+            while "error" in row and gpu_layers == most and most > 0:  # the estimate was too high: one layer fewer
+                most -= 1
+                row = run(dtype, most)
+            row["most_that_fit"] = gpu_layers == points[-1] and "error" not in row
+            rows.append(row)
+    if pool_bytes and pool is not None:
+        pool.set_limit(size=0)
+    return {"preset": preset, "pool_limit_bytes": pool_bytes, "host_kernels": host_kernels, "rows": rows}
 
 
 def markdown(report: dict) -> str:
@@ -157,38 +323,49 @@ def main(argv=None) -> int:
     p.add_argument("--assets", default=os.environ.get("LUMI_ASSETS", "../shared"))
     p.add_argument("--big", default="llama2-7B", help="preset for the bandwidth and offload runs")
     p.add_argument("--small", default="stories15M", help="preset for the transfer counts")
-    p.add_argument("--dtypes", default="fp16,bf16", help="weight storage for the bandwidth and offload runs")
+    p.add_argument("--dtypes", default="fp16,bf16,int8,fp32", help="weight storage for the bandwidth runs")
+    p.add_argument("--offload-dtypes", default="fp16,bf16,fp32",
+                   help="weight storage for the offload table (fp32: only the most layers that fit)")
     p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--offload-steps", type=int, default=3)
     p.add_argument("--copy-bytes", type=int, default=1 << 30)
     p.add_argument("--pool-gib", type=float, default=12.0, help="memory-pool limit for the offload table")
+    p.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpucheck.json and gpucheck.md")
     args = p.parse_args(argv)
     device = get_device(args.backend)
-    dtypes = args.dtypes.split(",")
     report = {"lumi_version": __version__, "device": device.name, "sections": {}}
-    if device is not CPU:
+    if not device.host_memory:
         props = device.xp.cuda.runtime.getDeviceProperties(0)
         report["gpu"] = {"name": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
                          "cupy": device.xp.__version__, "runtime": device.xp.cuda.runtime.runtimeGetVersion(),
                          "driver": device.xp.cuda.runtime.driverGetVersion()}
     checks = {
+        "kernels": lambda: kernels(device),
         "golden": lambda: golden(device, Path(args.assets)),
         "transfers": lambda: transfers(device, args.small),
-        "bandwidth": lambda: bandwidth(device, args.big, dtypes, args.steps, args.copy_bytes),
-        "offload": lambda: offload(device, args.big, dtypes, args.steps, int(args.pool_gib * 2**30)),
+        "bandwidth": lambda: bandwidth(device, args.big, args.dtypes.split(","), args.steps, args.copy_bytes),
+        "offload": lambda: offload(device, args.big, args.offload_dtypes.split(","), args.offload_steps,
+                                   int(args.pool_gib * 2**30)),
     }
+    only = [name for name in args.only.split(",") if name]
+    unknown = set(only) - set(checks)
+    if unknown:
+        p.error(f"--only: unknown sections {', '.join(sorted(unknown))} (known: {', '.join(checks)})")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for name, check in checks.items():
+        if only and name not in only:
+            continue
         t0 = time.perf_counter()
         try:
             report["sections"][name] = check()
         except Exception:  # record it and go on: one failing check must not lose the others
             report["sections"][name] = {"error": traceback.format_exc(limit=5)}
         report["sections"][name]["seconds"] = round(time.perf_counter() - t0, 1)
-        print(f"{name}: {json.dumps(report['sections'][name])[:400]}", file=sys.stderr, flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpucheck.json").write_text(json.dumps(report, indent=1))
-    (out / "gpucheck.md").write_text(markdown(report))
+        print(f"{name}: {json.dumps(report['sections'][name])[:600]}", file=sys.stderr, flush=True)
+        (out / "gpucheck.json").write_text(json.dumps(report, indent=1))  # after each section: a timeout loses none
+        (out / "gpucheck.md").write_text(markdown(report))
     return 0
 
 

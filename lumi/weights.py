@@ -270,7 +270,7 @@ class DeviceMatrix:
         self.xp, self.storage, self.a, self.blocks = xp, storage, a, blocks
         held = blocks.q if blocks is not None else a
         self.shape, self.nbytes = tuple(held.shape), (blocks.nbytes if blocks is not None else a.nbytes)
-        self.path = f"{storage}-device-blocks"
+        self.path = f"{storage}-device"  # decode: lumi's GEMV kernel; prompts: widened blocks
 
     @classmethod
     def upload(cls, w, device) -> DeviceMatrix:

@@ -9,7 +9,7 @@ from lumi.gpucheck import main
 
 def test_gpucheck_dry_run_on_the_cpu(tmp_path):
     code = main(["--backend", "numpy", "--big", "stories260K", "--small", "stories260K", "--steps", "3",
-                 "--copy-bytes", str(1 << 20), "--out", str(tmp_path), "--assets", str(ASSETS)])
+                 "--copy-bytes", str(1 << 20), "--dtypes", "fp16,bf16", "--out", str(tmp_path), "--assets", str(ASSETS)])
     assert code == 0
     report = json.loads((tmp_path / "gpucheck.json").read_text())
     sections = report["sections"]
@@ -26,5 +26,23 @@ def test_gpucheck_dry_run_on_the_cpu(tmp_path):
     bandwidth = sections["bandwidth"]
     assert [r["dtype"] for r in bandwidth["rows"]] == ["fp16", "bf16"] and bandwidth["copy_bytes_per_s"] > 0
     assert all(r["decode_s_per_token"] > 0 for r in bandwidth["rows"])
-    assert {r["dtype"] for r in sections["offload"]["rows"]} == {"fp16", "bf16"}
-    assert all("decode_s_per_token" in r for r in sections["offload"]["rows"])
+    rows = sections["offload"]["rows"]
+    assert {r["dtype"] for r in rows} == {"fp16", "bf16", "fp32"}
+    assert all("decode_s_per_token" in r for r in rows)
+    # stories260K has 5 layers: 0, and the most that fit (all 5, with no pool limit on the CPU); fp32 only the latter
+    assert [(r["dtype"], r["gpu_layers"], r["most_that_fit"]) for r in rows] == [
+        ("fp16", 0, False), ("fp16", 5, True), ("bf16", 0, False), ("bf16", 5, True), ("fp32", 5, True)]
+
+
+def test_the_kernel_checks_pass_with_reference_kernels_on_the_stand_in_device():
+    """The ``kernels`` section's comparisons, run against kernels that are the generic operations themselves."""
+    import dataclasses
+
+    from fake_device import FAKE, ReferenceKernels
+
+    from lumi.gpucheck import kernels
+
+    section = kernels(dataclasses.replace(FAKE, kernels=ReferenceKernels()))
+    assert section["ok"] and len(section["rows"]) > 30
+    assert {r["kernel"].split()[0] for r in section["rows"]} == {"gemv", "gemv+residual", "rmsnorm", "rope", "attend",
+                                                                  "swiglu"}

@@ -117,7 +117,7 @@ def test_16_bit_and_int8_weights_stay_narrow_on_the_device(dtype, gpu_layers):
             assert all(isinstance(a, DeviceArray) for a in held)
             assert held[0].itemsize == {"fp16": 2, "bf16": 2, "int8": 1}[dtype]  # never a float32 copy
     assert isinstance(model.output, DeviceMatrix) == (gpu_layers == -1)
-    assert model.widening_paths()["w13"] == f"{dtype}-device-blocks"
+    assert model.widening_paths()["w13"] == f"{dtype}-device"
     np.testing.assert_allclose(model.forward(tokens, 0), expected, rtol=0, atol=1e-5)
     model.prefill(tokens, 0)
     COPIES.clear()
