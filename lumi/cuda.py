@@ -173,29 +173,42 @@ extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __r
     for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = xr[i] * (w[i] * r);
 }
 
-// Rotate heads in place: x (T, n, hd) with row stride `stride` floats between tokens; cos, sin (T, hd/2).
-extern "C" __global__ void rope(float* x, const float* __restrict__ cos, const float* __restrict__ sin, int T,
-                                int n, int hd, long long stride, int interleaved) {
+// Positions live in device memory (pos[0]), so a captured step replays at any position.
+
+// Rotate one token's heads in place: x (n, hd); cos, sin the whole tables (S, hd/2), row pos[0].
+extern "C" __global__ void rope(float* x, const float* __restrict__ cos, const float* __restrict__ sin,
+                                const int* __restrict__ pos, int n, int hd, int interleaved) {
     const int half = hd / 2;
-    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long long)T * n * half) return;
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= n * half) return;
     const int i = idx % half;
-    const int head = (idx / half) % n;
-    const int t = idx / ((long long)half * n);
-    float* h = x + t * stride + (long long)head * hd;
+    float* h = x + (idx / half) * hd;
     const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-    const float c = cos[t * half + i], s = sin[t * half + i];
+    const long long row = (long long)pos[0] * half;
+    const float c = cos[row + i], s = sin[row + i];
     const float x1 = h[a], x2 = h[b];
     h[a] = x1 * c - x2 * s;
     h[b] = x2 * c + x1 * s;
 }
 
-// Attention of one query token: block h takes query head h against kv head h / g over L positions.
-// q (H, hd); k, v (Hkv, *, hd) with `head_stride` floats between heads; out (H, hd). Scores in shared memory.
+// One token's keys and values kv (2, Hkv, hd) into the cache (2, Hkv, S, hd) at position pos[0].
+extern "C" __global__ void store_kv(const float* __restrict__ kv, float* __restrict__ cache,
+                                    const int* __restrict__ pos, int heads, int S, int hd) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;  // heads = 2 Hkv: keys' heads, then values'
+    if (idx >= heads * hd) return;
+    cache[((long long)(idx / hd) * S + pos[0]) * hd + idx % hd] = kv[idx];
+}
+
+extern "C" __global__ void advance(int* pos) { pos[0] += 1; }
+
+// Attention of one query token at position pos[0] over positions 0..pos[0]: block h takes query head h
+// against kv head h / g. q (H, hd); k, v (Hkv, S, hd) with `head_stride` floats between heads; out (H, hd).
+// Scores in shared memory (S floats).
 extern "C" __global__ void attend(const float* __restrict__ q, const float* __restrict__ k,
-                                  const float* __restrict__ v, float* __restrict__ out, int L, int hd, int g,
-                                  long long head_stride, float scale) {
+                                  const float* __restrict__ v, float* __restrict__ out,
+                                  const int* __restrict__ pos, int hd, int g, long long head_stride, float scale) {
     extern __shared__ float p[];
+    const int L = pos[0] + 1;
     const int h = blockIdx.x;
     const float* qh = q + (long long)h * hd;
     const float* kh = k + (h / g) * head_stride;
@@ -228,8 +241,9 @@ extern "C" __global__ void attend(const float* __restrict__ q, const float* __re
 
 WARPS = 8  # rows per block of the products: a warp each
 ATTEND_THREADS = 128
-MAX_SHARED_BYTES = 48 << 10  # the attention kernel's scores live in shared memory; longer contexts fall back
+MAX_SHARED_BYTES = 48 << 10  # the attention kernel keeps a context's scores in shared memory; longer ones fall back
 GEMV_KINDS = {"fp32": "gemv_f32", "fp16": "gemv_f16", "bf16": "gemv_bf16"}
+I32 = np.int32
 
 
 def _one_row(x) -> bool:
@@ -237,86 +251,135 @@ def _one_row(x) -> bool:
     return x.ndim == 2 and x.shape[0] == 1 and x.dtype == np.float32 and x.strides[1] == 4
 
 
+class Position:
+    """A model's position on one device: an int32 in device memory, which the kernels read, and the host's copy.
+
+    A decode step advances it on the device, so steady decoding sends no
+    position up, and a captured step replays at whatever position it holds.
+    """
+
+    def __init__(self, device, kernels):
+        self.device, self.kernels = device, kernels
+        self.buffer = device.to_device(np.zeros(1, dtype=np.int32))
+        self.host = 0
+
+    def at(self, pos: int) -> None:
+        """Make the device's copy ``pos``: a copy up only when it holds something else (after a prompt, a jump)."""
+        if pos != self.host:
+            self.buffer[...] = self.device.to_device(np.array([pos], dtype=np.int32))
+            self.host = pos
+
+    def advance(self) -> None:
+        self.kernels.advance(self.buffer)
+        self.host += 1
+
+
 class Kernels:
     """The kernels for one array module (CuPy), compiled once, on first use."""
+
+    graphs = True  # a step made of these kernels can be captured into a CUDA graph (``StepGraph``)
 
     def __init__(self, cupy):
         self.cp = cupy
         self._module = None
+        self._functions = {}
         self._swiglu = None
 
     def _fn(self, name: str):
-        if self._module is None:
-            self._module = self.cp.RawModule(code=SOURCE, options=("--std=c++14",))
-        return self._module.get_function(name)
+        fn = self._functions.get(name)
+        if fn is None:
+            if self._module is None:
+                self._module = self.cp.RawModule(code=SOURCE, options=("--std=c++14",))
+            fn = self._functions[name] = self._module.get_function(name)
+        return fn
 
-    @staticmethod
-    def _aligned(*arrays) -> bool:
-        return all(a.data.ptr % 16 == 0 for a in arrays)
+    # -- the kernels -----------------------------------------------------------
 
-    # -- the operations, in model.OPS's signatures ----------------------------
-
-    def gemv(self, x, w, residual=None):
-        """x (1, in) @ w.T (+ residual) for a float32 CuPy matrix or a ``weights.DeviceMatrix``; None if unsupported."""
+    def _plan(self, w):
+        """The GEMV launch for weight w: (kernel, grid, block, arguments before x, arguments after y), or None."""
         from .weights import DeviceMatrix
 
-        cp = self.cp
-        if not _one_row(x):
-            return None
         if isinstance(w, DeviceMatrix):
-            storage, rows, cols = w.storage, *w.shape
-        elif isinstance(w, cp.ndarray) and w.ndim == 2 and w.dtype == np.float32 and w.flags.c_contiguous:
+            storage, (rows, cols) = w.storage, w.shape
+        elif isinstance(w, self.cp.ndarray) and w.ndim == 2 and w.dtype == np.float32 and w.flags.c_contiguous:
             storage, (rows, cols) = "fp32", w.shape
         else:
             return None
-        if residual is not None and not (_one_row(residual) and residual.shape == (1, rows)):
-            return None
-        y = residual if residual is not None else cp.empty((1, rows), dtype=np.float32)
         grid, block = ((rows + WARPS - 1) // WARPS,), (32 * WARPS,)
-        acc = np.int32(residual is not None)
         if storage == "int8":
             q, scales = w.blocks.q, w.blocks.scales
             nblocks = scales.shape[1]
-            vec = np.int32(cols == 32 * nblocks and self._aligned(q, x))
-            self._fn("gemv_q8")(grid, block, (q, scales, x, y, np.int32(rows), np.int32(cols), np.int32(nblocks),
-                                              acc, vec))
-            return y
+            vec = cols == 32 * nblocks and q.data.ptr % 16 == 0
+            return self._fn("gemv_q8"), grid, block, (q, scales), (I32(rows), I32(cols), I32(nblocks)), I32(vec), rows
         a = w if storage == "fp32" else w.a
-        vec = np.int32(cols % (4 if storage == "fp32" else 8) == 0 and self._aligned(a, x))
-        self._fn(GEMV_KINDS[storage])(grid, block, (a, x, y, np.int32(rows), np.int32(cols), acc, vec))
+        vec = cols % (4 if storage == "fp32" else 8) == 0 and a.data.ptr % 16 == 0
+        return self._fn(GEMV_KINDS[storage]), grid, block, (a,), (I32(rows), I32(cols)), I32(vec), rows
+
+    def gemv(self, x, w, residual=None, plans: dict | None = None):
+        """x (1, in) @ w.T (+ residual, in place) for a float32 CuPy matrix or a ``DeviceMatrix``; None if unsupported.
+
+        ``plans``: id(weight) -> (weight, launch), a model's products worked out once (``ops`` keeps one per model).
+        """
+        if plans is None:
+            plan = self._plan(w)
+        else:
+            entry = plans.get(id(w))
+            if entry is None or entry[0] is not w:
+                entry = plans[id(w)] = (w, self._plan(w))
+            plan = entry[1]
+        if plan is None or not _one_row(x):
+            return None
+        fn, grid, block, before, after, vec, rows = plan
+        if residual is None:
+            y = self.cp.empty((1, rows), dtype=np.float32)
+        elif _one_row(residual) and residual.shape[1] == rows:
+            y = residual
+        else:
+            return None
+        vec = I32(vec and x.data.ptr % 16 == 0)
+        fn(grid, block, (*before, x, y, *after, I32(residual is not None), vec))
         return y
 
     def rmsnorm(self, x, w, eps):
         if not (_one_row(x) and w.strides == (4,)):
             return None
-        T, d = x.shape
+        d = x.shape[1]
         y = self.cp.empty_like(x)
-        self._fn("rmsnorm")((T,), (min(1024, 32 * ((d + 31) // 32)),),
-                            (x, w, y, np.int32(d), np.float32(1 / d), np.float32(eps)))
+        self._fn("rmsnorm")((1,), (min(1024, 32 * ((d + 31) // 32)),), (x, w, y, I32(d), np.float32(1 / d),
+                                                                          np.float32(eps)))
         return y
 
-    def rope(self, x, cos, sin, layout: str) -> bool:
-        """Rotate x (T, n, hd) in place; False (nothing done) when x's layout does not suit the kernel."""
+    def rope(self, x, cos, sin, pos, layout: str) -> bool:
+        """Rotate one token's heads x (1, n, hd) in place at the position in ``pos``; False when x does not suit."""
         T, n, hd = x.shape
-        if x.strides[2] != 4 or x.strides[1] != 4 * hd or x.strides[0] % 4 or not (cos.flags.c_contiguous
-                                                                                 and sin.flags.c_contiguous):
+        if T != 1 or x.strides[1:] != (4 * hd, 4) or not (cos.flags.c_contiguous and sin.flags.c_contiguous):
             return False
-        total = T * n * (hd // 2)
-        self._fn("rope")(((total + 255) // 256,), (256,), (x, cos, sin, np.int32(T), np.int32(n), np.int32(hd),
-                                                           np.int64(x.strides[0] // 4), np.int32(layout == "interleaved")))
+        total = n * (hd // 2)
+        self._fn("rope")(((total + 255) // 256,), (256,), (x, cos, sin, pos, I32(n), I32(hd),
+                                                           I32(layout == "interleaved")))
         return True
 
-    def attend(self, q, k, v):
-        """One query token's attention: q (1, H, hd), k and v (Hkv, L, hd) views of the cache; (1, H * hd) or None."""
+    def store(self, kv, cache, pos) -> bool:
+        """One token's kv (1, 2, Hkv, hd) into cache (2, Hkv, S, hd) at the position in ``pos``."""
+        _, two, heads, hd = kv.shape
+        if kv.shape[0] != 1 or kv.strides[1:] != (4 * heads * hd, 4 * hd, 4) or not cache.flags.c_contiguous:
+            return False
+        n = two * heads * hd
+        self._fn("store_kv")(((n + 255) // 256,), (256,), (kv, cache, pos, I32(two * heads), I32(cache.shape[2]),
+                                                           I32(hd)))
+        return True
+
+    def attend(self, q, k, v, pos):
+        """One query token at the position in ``pos``: q (1, H, hd), k and v (Hkv, >= pos + 1, hd) cache views."""
         _, H, hd = q.shape
-        n_kv, L, _ = k.shape
-        if (4 * L > MAX_SHARED_BYTES or q.shape[0] != 1 or q.strides[1:] != (4 * hd, 4)
+        n_kv, S, _ = k.shape
+        if (4 * S > MAX_SHARED_BYTES or q.shape[0] != 1 or q.strides[1:] != (4 * hd, 4)
                 or k.strides[1:] != (4 * hd, 4) or v.strides != k.strides):
             return None
         out = self.cp.empty((1, H * hd), dtype=np.float32)
-        self._fn("attend")((H,), (ATTEND_THREADS,), (q, k, v, out, np.int32(L), np.int32(hd), np.int32(H // n_kv),
+        self._fn("attend")((H,), (ATTEND_THREADS,), (q, k, v, out, pos, I32(hd), I32(H // n_kv),
                                                       np.int64(k.strides[0] // 4), np.float32(1 / math.sqrt(hd))),
-                           shared_mem=4 * L)
+                           shared_mem=4 * S)
         return out
 
     def swiglu(self, gu, hidden_dim: int):
@@ -325,29 +388,98 @@ class Kernels:
                 "float32 g, float32 u", "float32 y", "y = (tanhf(0.5f * g) + 1.0f) * g * u * 0.5f", "lumi_swiglu")
         return self._swiglu(gu[:, :hidden_dim], gu[:, hidden_dim:])
 
-    def ops(self, generic: dict) -> dict:
-        """``model.OPS`` with each operation of a one-token step replaced by its kernel where it applies."""
-        linear, norm, rope, attention, activation = (generic[k] for k in ("matmul", "norm", "rope", "attention",
-                                                                            "activation"))
+    def advance(self, pos) -> None:
+        self._fn("advance")((1,), (1,), (pos,))
+
+    # -- the operations, in model.OPS's signatures ----------------------------
+
+    def ops(self, generic: dict, position: Position) -> dict:
+        """``model.OPS`` for one-token steps: each operation its kernel where it applies, else the generic one.
+
+        Positions come from ``position``'s device copy, not from the host's
+        ``start_pos``: the cache keeps its full length and attention reads how much
+        of it is live, so no launch depends on the position.
+        """
+        linear, norm, rope, update, attention, activation = (
+            generic[k] for k in ("matmul", "norm", "rope", "cache", "attention", "activation"))
+
+        plans = {}
 
         def fused_matmul(x, w, residual=None):
-            y = self.gemv(x, w, residual)
+            y = self.gemv(x, w, residual, plans)
             return y if y is not None else linear(x, w, residual)
 
         def fused_norm(x, w, eps, xp):
-            y = self.rmsnorm(x, w, eps) if x.shape[0] == 1 else None
+            y = self.rmsnorm(x, w, eps)
             return y if y is not None else norm(x, w, eps, xp)
 
-        def fused_rope(x, cos, sin, layout):
-            if not self.rope(x, cos, sin, layout):
-                rope(x, cos, sin, layout)
+        def fused_rope(x, cos, sin, start_pos, layout):
+            if not self.rope(x, cos, sin, position.buffer, layout):
+                rope(x, cos, sin, start_pos, layout)
+
+        def fused_cache(cache, layer, start_pos, kv):
+            full = cache.kv[layer]
+            if self.store(kv, full, position.buffer):
+                return full[0], full[1]
+            return update(cache, layer, start_pos, kv)
 
         def fused_attention(q, k, v, start_pos, xp):
-            out = self.attend(q, k, v) if q.shape[0] == 1 else None
-            return out if out is not None else attention(q, k, v, start_pos, xp)
+            out = self.attend(q, k, v, position.buffer)
+            return out if out is not None else attention(q, k[:, : start_pos + 1], v[:, : start_pos + 1], start_pos, xp)
 
         def fused_activation(gu, hidden_dim, xp):
-            return self.swiglu(gu, hidden_dim) if gu.shape[0] == 1 else activation(gu, hidden_dim, xp)
+            return self.swiglu(gu, hidden_dim)
 
-        return {**generic, "matmul": fused_matmul, "norm": fused_norm, "rope": fused_rope,
+        return {**generic, "matmul": fused_matmul, "norm": fused_norm, "rope": fused_rope, "cache": fused_cache,
                 "attention": fused_attention, "activation": fused_activation}
+
+
+class StepGraph:
+    """A greedy decode step of a model held wholly on one GPU, captured into a CUDA graph once and replayed.
+
+    Eagerly, a 7B step is about 350 launches, each paying Python's and the
+    driver's time; replayed, it is one. The step reads its token and position
+    from device memory and leaves the chosen token (argmax, int32) where the
+    next step reads it, so steady greedy decoding sends nothing up and brings
+    4 bytes down. The first call runs eagerly (compiling every kernel and
+    filling this graph's own memory pool); the second is captured and replayed.
+    The step's temporaries come from that pool, which only this graph uses,
+    so no other array ever lands in memory the graph writes.
+    """
+
+    def __init__(self, model):
+        self.model, self.device = model, model.head
+        cp = self.device.xp
+        self.stream = cp.cuda.Stream()  # a blocking stream: ordered after the default stream's work (prompts)
+        self.pool = cp.cuda.MemoryPool()
+        self.token = self.device.to_device(np.zeros(1, dtype=np.int32))
+        self.token_host = None  # what self.token holds, as far as the host knows
+        self.graph = None
+        self.warm = False
+
+    def _step(self, pos: int) -> None:
+        logits = self.model._last_logits(self.token, pos, tokens_on_device=True)
+        self.token[...] = self.device.xp.argmax(logits)
+
+    def run(self, token: int, pos: int) -> int:
+        cp, position = self.device.xp, self.model.positions[self.device]
+        with cp.cuda.using_allocator(self.pool.malloc), self.stream:
+            if token != self.token_host:
+                self.token[...] = self.device.to_device(np.array([token], dtype=np.int32))
+            position.at(pos)
+            if self.graph is None and self.warm:
+                self.stream.begin_capture()
+                try:
+                    self._step(pos)
+                finally:
+                    position.host = pos  # the capture ran nothing: the step happens at the launch below
+                    graph = self.stream.end_capture()
+                self.graph = graph
+            if self.graph is not None:
+                self.graph.launch(self.stream)
+                position.host += 1
+            else:
+                self._step(pos)
+                self.warm = True
+            self.token_host = int(self.device.to_host(self.token)[0])
+        return self.token_host

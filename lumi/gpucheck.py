@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -81,6 +82,7 @@ def _counting(device: Device, counts: Counter) -> Device:
 
 
 def _free(device: Device) -> None:
+    gc.collect()  # a model and its step graph refer to each other
     if not device.host_memory and hasattr(device.xp, "get_default_memory_pool"):
         device.xp.get_default_memory_pool().free_all_blocks()
 
@@ -97,6 +99,9 @@ def kernels(device: Device) -> dict:
 
     def put(*shape):
         return device.to_device(rng.standard_normal(shape, dtype=np.float32))
+
+    def at(pos):
+        return device.to_device(np.array([pos], dtype=np.int32))
 
     def row(name, got, want, tol=1e-4):
         diff = float(xp.abs(got - want).max()) / max(float(xp.abs(want).max()), 1e-30)
@@ -115,15 +120,24 @@ def kernels(device: Device) -> dict:
         x, w = put(3, d), put(d)
         row(f"rmsnorm {d}", k.rmsnorm(x[:1].copy(), w, np.float32(1e-5)), OPS["norm"](x[:1], w, np.float32(1e-5), xp))
     for layout in ("interleaved", "half"):
-        qkv, cos, sin = put(2, 3 * 4 * 16), put(2, 8), put(2, 8)
+        qkv, cos, sin = put(1, 3 * 4 * 16), put(10, 8), put(10, 8)
         want = qkv.copy()
-        apply_rope(want[:, : 2 * 64].reshape(2, 8, 16), cos, sin, layout)
-        ok = k.rope(qkv[:, : 2 * 64].reshape(2, 8, 16), cos, sin, layout)
+        apply_rope(want[:, : 2 * 64].reshape(1, 8, 16), cos, sin, 7, layout)
+        ok = k.rope(qkv[:, : 2 * 64].reshape(1, 8, 16), cos, sin, at(7), layout)
         row(f"rope {layout}", qkv if ok else want + np.float32(1), want)
+    kv, cache = put(1, 2, 4, 16), put(2, 4, 10, 16)
+    want = cache.copy()
+    want[:, :, 6:7] = kv.transpose(1, 2, 0, 3)
+    ok = k.store(kv, cache, at(6))
+    row("store_kv", cache if ok else want + np.float32(1), want)
+    pos = at(41)
+    k.advance(pos)
+    rows.append({"kernel": "advance", "ok": int(pos[0]) == 42})
     for H, Hkv, hd, L in ((8, 4, 8, 1), (8, 4, 8, 37), (32, 32, 128, 300), (32, 8, 128, 2000)):
         q, cache = put(1, H, hd), put(2, Hkv, L + 5, hd)
         keys, values = cache[0, :, :L], cache[1, :, :L]
-        row(f"attend H{H} Hkv{Hkv} hd{hd} L{L}", k.attend(q, keys, values), OPS["attention"](q, keys, values, L - 1, xp))
+        row(f"attend H{H} Hkv{Hkv} hd{hd} L{L}", k.attend(q, cache[0], cache[1], at(L - 1)),
+            OPS["attention"](q, keys, values, L - 1, xp))
     gu = put(1, 2 * 11008)
     row("swiglu 11008", k.swiglu(gu, 11008), OPS["activation"](gu, 11008, xp))
     return {"rows": rows, "ok": all(r["ok"] for r in rows)}
@@ -182,16 +196,19 @@ def transfers(device: Device, preset: str) -> dict:
     counts: Counter = Counter()
     rows = []
     config, weights = load_checkpoint(f"synthetic:{preset}")
-    for gpu_layers in (0, 2, -1):
-        model = Model(config, weights, max_seq_len=64, device=_counting(device, counts), gpu_layers=gpu_layers)
+    for gpu_layers, graphs in ((0, False), (2, False), (-1, False), (-1, True)):
+        model = Model(config, weights, max_seq_len=64, device=_counting(device, counts), gpu_layers=gpu_layers,
+                      cuda_graphs=graphs)
         model.prefill(np.array([1, 2, 3], dtype=np.int32), 0)
         counts.clear()
-        steps, rng, pos = 8, np.random.default_rng(0), [3]
+        steps, rng, state = 8, np.random.default_rng(0), {"pos": 3, "token": 5}
 
-        def step():  # as a generation steps: the token is chosen where the logits are
-            model.next_token([5], pos[0], SamplingParams(), rng)
-            pos[0] += 1
+        def step():  # as a generation steps: the token is chosen where the logits are, and fed back
+            state["token"] = model.next_token([state["token"]], state["pos"], SamplingParams(), rng)
+            state["pos"] += 1
 
+        step()  # the first step may send the position up once, and builds the graph
+        counts.clear()
         try:
             with _syncs(device, False):
                 for _ in range(steps):
@@ -199,8 +216,10 @@ def transfers(device: Device, preset: str) -> dict:
             hidden = None
         except Exception as error:  # cupyx's DeviceSynchronized names the hidden copy
             hidden = f"{type(error).__name__}: {error}"[:300]
-        row = {"gpu_layers": gpu_layers, "h2d_per_step": counts["h2d"] / steps, "d2h_per_step": counts["d2h"] / steps,
-               "d2h_bytes_per_step": counts["d2h_bytes"] / steps, "hidden_sync": hidden}
+        row = {"gpu_layers": gpu_layers, "cuda_graph": model.cuda_graphs, "graph_error": model.graph_error,
+               "h2d_per_step": counts["h2d"] / steps,
+               "d2h_per_step": counts["d2h"] / steps, "d2h_bytes_per_step": counts["d2h_bytes"] / steps,
+               "hidden_sync": hidden}
         if gpu_layers == -1 and not device.host_memory:
             launches = _launches(device, step, steps)
             if launches:
@@ -246,14 +265,16 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
     copy = copy_bandwidth(device, copy_bytes)
     config = PRESETS[preset]
     rows = []
-    runs = [(dtype, device) for dtype in dtypes]
-    if device.kernels is not None:  # the same step composed from CuPy's array functions, for comparison
-        runs.append((dtypes[0], dataclasses.replace(device, kernels=None)))
-    for dtype, dev in runs:
-        model = Model(config, _weights(config, dev), max_seq_len=64, dtype=dtype, device=dev, gpu_layers=-1)
+    runs = [(dtype, device, True) for dtype in dtypes]  # replayed as a CUDA graph where the model allows
+    if device.kernels is not None:  # the same step launched eagerly, and composed from CuPy's array functions
+        runs += [(dtypes[0], device, False), (dtypes[0], dataclasses.replace(device, kernels=None), False)]
+    for dtype, dev, graphs in runs:
+        model = Model(config, _weights(config, dev), max_seq_len=64, dtype=dtype, device=dev, gpu_layers=-1,
+                      cuda_graphs=graphs)
         speed = decode_speed(model, dev, steps if dev.kernels is not None else max(3, steps // 4))
         bytes_per_token = model.decode_weight_bytes()
-        rows.append({"dtype": dtype, "kernels": "lumi" if dev.kernels is not None else "array-functions", **speed,
+        mode = "array-functions" if dev.kernels is None else "graph" if model.cuda_graphs else "eager"
+        rows.append({"dtype": dtype, "mode": mode, "graph_error": model.graph_error, **speed,
                      "decode_tokens_per_s": 1 / speed["decode_s_per_token"], "weight_bytes_per_token": bytes_per_token,
                      "fraction_of_copy_bandwidth": bytes_per_token / speed["decode_s_per_token"] / copy,
                      "paths": model.widening_paths()})
@@ -311,9 +332,11 @@ def offload(device: Device, preset: str, dtypes: list[str], steps: int, pool_byt
         points = sorted({p for p in (0, 8, 16, 24) if p < config.n_layers and dtype != "fp32"} | {most})
         for gpu_layers in points:
             row = run(dtype, gpu_layers)
-            while "error" in row and gpu_layers == most and most > 0:  # the estimate was too high: one layer fewer
-                most -= 1
-                row = run(dtype, most)
+            if gpu_layers == most:
+                while "error" in row and most > 0:  # the estimate was too high: one layer fewer, until it fits
+                    rows.append({**row, "most_that_fit": False})
+                    most -= 1
+                    row = run(dtype, most)
             row["most_that_fit"] = gpu_layers == points[-1] and "error" not in row
             rows.append(row)
     if pool_bytes and pool is not None:

@@ -11,6 +11,7 @@ H / Hkv query / key-value heads, hd = head_dim, g = H // Hkv, V = vocab.
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ import numpy as np
 
 from . import fused
 from .backends import CPU, Device, placement
+from .cuda import Position
 from .config import ModelConfig
 from .errors import LumiError, UsageError
 from .kvcache import KVCache
 from .sampler import SamplingParams, choose
 from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, convert_on_device, device_matmul_t, release,
-                      resident, stack_rows, to_float32, to_storage, widened_matmul_t)
+                      resident, stack_on_device, stack_rows, to_float32, to_storage, widened_matmul_t)
 
+log = logging.getLogger("lumi")
 F32 = np.float32
 NEG_INF = np.float32(-np.inf)
 
@@ -83,8 +86,8 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float, xp, scaling=None)
     return xp.cos(angles), xp.sin(angles)
 
 
-def apply_rope(x, cos, sin, layout: str):
-    """Rotate x (T, heads, hd) in place by the angles in cos, sin (T, hd/2).
+def apply_rope(x, cos, sin, start_pos: int, layout: str):
+    """Rotate x (T, heads, hd) in place by the angles of positions start_pos.. in the tables cos, sin (S, hd/2).
 
     "interleaved" pairs (x[2i], x[2i+1]) (Meta, llama2.c); "half" pairs
     (x[i], x[i + hd/2]) (Hugging Face's rotate_half). Same rotation, different
@@ -97,7 +100,7 @@ def apply_rope(x, cos, sin, layout: str):
     else:
         pairs = x.reshape(T, n, 2, hd // 2)
         x1, x2 = pairs[..., 0, :], pairs[..., 1, :]
-    c, s = cos[:, None, :], sin[:, None, :]  # (T, 1, hd/2)
+    c, s = cos[start_pos : start_pos + T, None, :], sin[start_pos : start_pos + T, None, :]  # (T, 1, hd/2)
     r1 = x1 * c - x2 * s
     r2 = x2 * c + x1 * s
     x1[...] = r1
@@ -212,7 +215,7 @@ def _matrix(device: Device, source: Device, dtype: str, *arrays):
     and only their stored bytes come to the host for layers placed there.
     """
     if not source.host_memory:
-        w = convert_on_device(arrays[0] if len(arrays) == 1 else source.xp.concatenate(arrays), dtype, source.xp)
+        w = stack_on_device([convert_on_device(a, dtype, source.xp) for a in arrays], source.xp)
         if device is source:
             return w
         return source.to_host(w) if dtype == "fp32" else w.to_host(source) if device.host_memory else \
@@ -235,7 +238,7 @@ class Model:
     """
 
     def __init__(self, config: ModelConfig, weights: dict, *, max_seq_len: int | None = None, dtype: str = "fp32",
-                 device: Device = CPU, gpu_layers: int = 0, kernels: str = "numpy"):
+                 device: Device = CPU, gpu_layers: int = 0, kernels: str = "numpy", cuda_graphs: bool = True):
         if max_seq_len is None:
             max_seq_len = config.max_seq_len
         if not 0 < max_seq_len <= config.max_seq_len:
@@ -287,10 +290,17 @@ class Model:
         self.ops = SimpleNamespace(**OPS)  # the operations of the layers on the host (and of prompts everywhere)
         if kernels == "numba":
             self.ops.matmul = fused_linear
-        # the operations of one-token steps on each device: its fused kernels where it has them
-        self.step_ops = {dev: SimpleNamespace(**dev.kernels.ops(OPS)) if dev.kernels
+        # the operations of one-token steps on each device: its fused kernels where it has them, which
+        # read the position from the device (``cuda.Position``)
+        self.positions = {dev: Position(dev, dev.kernels) for dev in set(self.placement) if dev.kernels}
+        self.step_ops = {dev: SimpleNamespace(**dev.kernels.ops(OPS, self.positions[dev])) if dev in self.positions
                          else self.ops if dev.host_memory else SimpleNamespace(**OPS)
                          for dev in {self.head, *self.placement}}
+        # a greedy step of a model wholly on one GPU replays as a CUDA graph (``cuda.StepGraph``)
+        self.cuda_graphs = (cuda_graphs and self.head in self.positions and set(self.placement) == {self.head}
+                            and getattr(self.head.kernels, "graphs", False))
+        self._graph = None
+        self.graph_error = None
         self.rope = {}  # device -> (cos, sin), each (max_seq_len, hd/2), on every device a layer uses
         for dev in {self.head, *self.placement}:
             self.rope[dev] = rope_tables(c.head_dim, max_seq_len, c.rope_theta, dev.xp, c.rope_scaling)
@@ -298,6 +308,7 @@ class Model:
 
     def reset(self):
         """Forget the context: a fresh, empty KV cache."""
+        self._graph = None  # it holds the old cache's addresses
         c = self.config
         self.cache = KVCache(c.n_layers, c.n_kv_heads, self.max_seq_len, c.head_dim, [d.xp for d in self.placement])
 
@@ -351,7 +362,22 @@ class Model:
         The choice is made where the logits are (``sampler.choose``): from a GPU,
         only the chosen id crosses to the host, 4 bytes a step.
         """
-        logits = self._last_logits(np.asarray(tokens, dtype=np.int32), start_pos)
+        tokens = np.asarray(tokens, dtype=np.int32)
+        if self.cuda_graphs and len(tokens) == 1 and sampling.temperature == 0:
+            self._check(tokens, start_pos)
+            if self._graph is None:
+                from .cuda import StepGraph
+
+                self._graph = StepGraph(self)
+            try:
+                return self._graph.run(int(tokens[0]), start_pos)
+            except Exception as error:
+                if not self._graph.warm or self._graph.graph is not None:
+                    raise
+                # the capture failed (it runs nothing on the device): carry on without graphs, and say so
+                log.warning("CUDA graph capture failed, decoding without graphs: %s", error)
+                self.cuda_graphs, self._graph, self.graph_error = False, None, f"{type(error).__name__}: {error}"
+        logits = self._last_logits(tokens, start_pos)
         return int(self.head.to_host(choose(logits, sampling, rng, self.head.xp)))
 
     def decode(self, token: int, pos: int):
@@ -396,36 +422,41 @@ class Model:
     def _ops(self, device: Device, T: int) -> SimpleNamespace:
         return self.step_ops[device] if T == 1 else self.ops
 
-    def _last_logits(self, tokens, start_pos: int):
+    def _last_logits(self, tokens, start_pos: int, tokens_on_device: bool = False):
         """Logits (V,) of the last of tokens, on the head's device: the classifier runs on that position only."""
-        x = self._hidden(tokens, start_pos)
+        x = self._hidden(tokens, start_pos, tokens_on_device)
         return self._ops(self.head, 1).matmul(x[-1:], self.output)[0]
 
-    def _hidden(self, tokens, start_pos: int):
-        """Final-normed hidden states (T, d) for tokens at start_pos.."""
-        tokens = np.asarray(tokens)
-        self._check(tokens, start_pos)
+    def _hidden(self, tokens, start_pos: int, tokens_on_device: bool = False):
+        """Final-normed hidden states (T, d) for tokens at start_pos.. (already on the head's device: checked by the caller)."""
+        if not tokens_on_device:
+            tokens = np.asarray(tokens)
+            self._check(tokens, start_pos)
         c = self.config
         T, H, Hkv, hd = len(tokens), c.n_heads, c.n_kv_heads, c.head_dim
+        if T == 1:
+            for position in self.positions.values():
+                position.at(start_pos)
         here = self.head  # where x lives: activations cross a device boundary once per boundary per step
-        x = self.ops.embed(self.tok_embeddings, here.to_device(tokens))  # (T, d)
+        x = self.ops.embed(self.tok_embeddings, tokens if tokens_on_device else here.to_device(tokens))  # (T, d)
         for i, layer in enumerate(self.layers):
             dev, xp = layer.device, layer.device.xp
             ops = self._ops(dev, T)
             if dev is not here:
                 x = dev.to_device(here.to_host(x))
                 here = dev
-            cos, sin = (table[start_pos : start_pos + T] for table in self.rope[dev])  # (T, hd/2)
             h = ops.norm(x, layer.attention_norm, self.eps, xp)
             qkv = ops.matmul(h, layer.wqkv)  # (T, d + 2 kv_dim)
             if layer.bqkv is not None:
                 qkv += layer.bqkv
-            ops.rope(qkv[:, : (H + Hkv) * hd].reshape(T, H + Hkv, hd), cos, sin, c.rope_layout)  # q and k at once
+            ops.rope(qkv[:, : (H + Hkv) * hd].reshape(T, H + Hkv, hd), *self.rope[dev], start_pos, c.rope_layout)  # q, k
             q = qkv[:, : H * hd].reshape(T, H, hd)
             keys, values = ops.cache(self.cache, i, start_pos, qkv[:, H * hd :].reshape(T, 2, Hkv, hd))  # (Hkv, L, hd)
             x = ops.matmul(ops.attention(q, keys, values, start_pos, xp), layer.wo, x)  # x += ...
             h = ops.norm(x, layer.ffn_norm, self.eps, xp)
             x = ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2, x)
+        for position in self.positions.values():  # the device copies move on with the step (a prompt: set once)
+            position.advance() if T == 1 else position.at(start_pos + T)
         if here is not self.head:
             x = self.head.to_device(here.to_host(x))
         return self._ops(self.head, T).norm(x, self.norm, self.eps, self.head.xp)

@@ -331,6 +331,19 @@ def device_matmul_t(x, w: DeviceMatrix):
     return out
 
 
+def stack_on_device(parts: list, xp):
+    """Converted matrices on a device (arrays or DeviceMatrix of one storage) stacked along the rows."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if not isinstance(first, DeviceMatrix):
+        return xp.concatenate(parts)
+    if first.blocks is not None:
+        return DeviceMatrix("int8", xp, blocks=BlockQ8(xp.concatenate([p.blocks.q for p in parts]),
+                                                       xp.concatenate([p.blocks.scales for p in parts])))
+    return DeviceMatrix(first.storage, xp, a=xp.concatenate([p.a for p in parts]))
+
+
 # ----------------------------------------------------------------------------
 # conversion at load
 

@@ -79,18 +79,19 @@ class ReferenceKernels:
     """``cuda.Kernels`` with each kernel replaced by the generic operation it must equal, counting launches.
 
     ``Kernels.ops`` (the real wiring, fallbacks included) runs unchanged on top,
-    so the tests show which operations of a step reach a kernel, and how many
-    launches a step makes, without a GPU.
+    so the tests show which operations of a step reach a kernel, how many
+    launches a step makes, and that positions come from the device's copy,
+    without a GPU.
     """
+
+    graphs = False  # the stand-in cannot capture a step
 
     def __init__(self):
         self.launches = Counter()
 
-    def gemv(self, x, w, residual=None):
+    def gemv(self, x, w, residual=None, plans=None):
         from lumi.weights import DeviceMatrix
 
-        if x.shape[0] != 1:
-            return None
         self.launches["gemv"] += 1
         y = x @ (w.rows(slice(None)) if isinstance(w, DeviceMatrix) else w).T
         if residual is None:
@@ -104,18 +105,25 @@ class ReferenceKernels:
         self.launches["rmsnorm"] += 1
         return rmsnorm(x, w, eps, FAKE.xp)
 
-    def rope(self, x, cos, sin, layout):
+    def rope(self, x, cos, sin, pos, layout):
         from lumi.model import apply_rope
 
         self.launches["rope"] += 1
-        apply_rope(x, cos, sin, layout)
+        apply_rope(x, cos, sin, int(pos[0]), layout)
         return True
 
-    def attend(self, q, k, v):
+    def store(self, kv, cache, pos):
+        self.launches["store"] += 1
+        p = int(pos[0])
+        cache[:, :, p : p + 1] = kv.transpose(1, 2, 0, 3)
+        return True
+
+    def attend(self, q, k, v, pos):
         from lumi.model import attention
 
         self.launches["attend"] += 1
-        return attention(q, k, v, k.shape[1] - 1, FAKE.xp)
+        L = int(pos[0]) + 1
+        return attention(q, k[:, :L], v[:, :L], L - 1, FAKE.xp)
 
     def swiglu(self, gu, hidden_dim):
         from lumi.model import swiglu
@@ -123,7 +131,11 @@ class ReferenceKernels:
         self.launches["swiglu"] += 1
         return swiglu(gu, hidden_dim, FAKE.xp)
 
-    def ops(self, generic):
+    def advance(self, pos):
+        self.launches["advance"] += 1
+        pos += 1
+
+    def ops(self, generic, position):
         from lumi.cuda import Kernels
 
-        return Kernels.ops(self, generic)
+        return Kernels.ops(self, generic, position)

@@ -21,8 +21,9 @@ def test_gpucheck_dry_run_on_the_cpu(tmp_path):
     # the counting wrapper is a device of its own, so the CPU dry run crosses a (host) boundary too
     # partial offload brings the (1, d) activation down; all on the device only the chosen id: 4 bytes
     rows = sections["transfers"]["rows"]
-    assert [(r["h2d_per_step"], r["d2h_per_step"]) for r in rows] == [(0, 0), (1, 1), (1, 1)]
-    assert rows[2]["d2h_bytes_per_step"] == 4
+    assert [(r["h2d_per_step"], r["d2h_per_step"]) for r in rows] == [(0, 0), (1, 1), (1, 1), (1, 1)]
+    assert rows[2]["d2h_bytes_per_step"] == rows[3]["d2h_bytes_per_step"] == 4
+    assert not any(r["cuda_graph"] for r in rows)  # no graphs on the CPU
     bandwidth = sections["bandwidth"]
     assert [r["dtype"] for r in bandwidth["rows"]] == ["fp16", "bf16"] and bandwidth["copy_bytes_per_s"] > 0
     assert all(r["decode_s_per_token"] > 0 for r in bandwidth["rows"])
@@ -44,5 +45,5 @@ def test_the_kernel_checks_pass_with_reference_kernels_on_the_stand_in_device():
 
     section = kernels(dataclasses.replace(FAKE, kernels=ReferenceKernels()))
     assert section["ok"] and len(section["rows"]) > 30
-    assert {r["kernel"].split()[0] for r in section["rows"]} == {"gemv", "gemv+residual", "rmsnorm", "rope", "attend",
-                                                                  "swiglu"}
+    assert {r["kernel"].split()[0] for r in section["rows"]} == {"gemv", "gemv+residual", "rmsnorm", "rope", "store_kv",
+                                                                  "advance", "attend", "swiglu"}

@@ -151,7 +151,10 @@ def test_weights_made_on_a_device_convert_there_as_on_the_host():
 
 
 def test_a_decode_step_on_a_device_with_kernels_is_ten_launches_a_layer():
-    """Every operation of a one-token step reaches its kernel; the logits stay the CPU's."""
+    """Every operation of a one-token step reaches its kernel; the logits stay the CPU's.
+
+    Positions come from the device's copy, which a step advances there: steady
+    decoding sends no position up, and a jump sends one."""
     import dataclasses
 
     from fake_device import ReferenceKernels
@@ -167,11 +170,17 @@ def test_a_decode_step_on_a_device_with_kernels_is_ten_launches_a_layer():
         kernels.launches.clear()
         model.prefill(np.array([1, 2], dtype=np.int32))
         assert kernels.launches == {"gemv": 1}  # a prompt runs the generic operations; its last row's classifier a kernel
-        for pos in (2, 3):
+        position = model.positions[fused]
+        for pos in (2, 3, 4):
             kernels.launches.clear()
+            COPIES.clear()
             np.testing.assert_allclose(model.decode(7, pos), expected.decode(7, pos), atol=1e-4)
             n = config.n_layers
-            # per layer: 2 norms, 4 products (the residual adds inside), rope, attention, SwiGLU; the cache copy
-            # makes ten; then the final norm and the classifier
-            assert kernels.launches == {"gemv": 4 * n + 1, "rmsnorm": 2 * n + 1, "rope": n, "attend": n,
-                                        "swiglu": n}, dtype
+            # per layer: 2 norms, 4 products (the residual adds inside), rope, the cache store, attention, SwiGLU:
+            # ten; then the final norm, the classifier, and the position's step
+            assert kernels.launches == {"gemv": 4 * n + 1, "rmsnorm": 2 * n + 1, "rope": n, "store": n, "attend": n,
+                                        "swiglu": n, "advance": 1}, dtype
+            assert COPIES["h2d"] == 1 and position.host == pos + 1 and int(position.buffer[0]) == pos + 1
+        COPIES.clear()
+        model.decode(7, 2)  # a jump back: the position goes up once
+        assert COPIES["h2d"] == 2 and int(position.buffer[0]) == 3
