@@ -73,93 +73,111 @@ __device__ __forceinline__ float2 widen2(unsigned int p) {
     return make_float2(half_to_float((unsigned short)(p & 0xffffu)), half_to_float((unsigned short)(p >> 16)));
 }
 
-template <int KIND>
-__device__ __forceinline__ float widen1(const void* w, long long i) {
-    if (KIND == 0) return reinterpret_cast<const float*>(w)[i];
-    unsigned short b = reinterpret_cast<const unsigned short*>(w)[i];
-    if (KIND == 2) return __uint_as_float(((unsigned int)b) << 16);
-    return half_to_float(b);
-}
+// Bytes per stored weight: KIND 0 float32, 1 float16, 2 bfloat16 bits, 3 int8 (with a float32 scale per block).
+template <int KIND> __host__ __device__ constexpr int weight_bytes() { return KIND == 0 ? 4 : KIND == 3 ? 1 : 2; }
 
-// 16 bytes of weights times the matching x: 4 float32 or 8 16-bit values.
+// One weight as float32: element i of a row, with the row's scales s in blocks of `block` (int8 only).
 template <int KIND>
-__device__ __forceinline__ float dot16(uint4 p, const float* __restrict__ x) {
-    const float4 a = reinterpret_cast<const float4*>(x)[0];
-    if (KIND == 0)
-        return __uint_as_float(p.x) * a.x + __uint_as_float(p.y) * a.y + __uint_as_float(p.z) * a.z
-             + __uint_as_float(p.w) * a.w;
-    const float4 b = reinterpret_cast<const float4*>(x)[1];
-    const float2 w0 = widen2<KIND>(p.x), w1 = widen2<KIND>(p.y), w2 = widen2<KIND>(p.z), w3 = widen2<KIND>(p.w);
-    return w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w + w2.x * b.x + w2.y * b.y + w3.x * b.z + w3.y * b.w;
-}
-
-// y[r] (+)= W[r, :] . x, one warp per row. vec: rows and x start on 16-byte boundaries and cols fills whole loads.
-template <int KIND>
-__device__ void gemv_rows(const void* __restrict__ W, const float* __restrict__ x, float* __restrict__ y,
-                          int rows, int cols, int accumulate, int vec) {
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    const int per = KIND == 0 ? 4 : 8;  // weights per 16 bytes
-    const char* w = reinterpret_cast<const char*>(W) + (long long)row * cols * (KIND == 0 ? 4 : 2);
-    float acc = 0.0f;
-    if (vec) {
-        const uint4* w4 = reinterpret_cast<const uint4*>(w);
-        const int n = cols / per;
-#pragma unroll 4
-        for (int i = lane; i < n; i += 32) acc += dot16<KIND>(__ldg(w4 + i), x + i * per);
-    } else {
-        for (int i = lane; i < cols; i += 32) acc += widen1<KIND>(w, i) * x[i];
+__device__ __forceinline__ float widen1(const char* w, int i, const float* s, int block) {
+    if constexpr (KIND == 0) return reinterpret_cast<const float*>(w)[i];
+    else if constexpr (KIND == 3) return (float)reinterpret_cast<const signed char*>(w)[i] * s[i / block];
+    else {
+        const unsigned short b = reinterpret_cast<const unsigned short*>(w)[i];
+        if constexpr (KIND == 2) return __uint_as_float(((unsigned int)b) << 16);
+        else return half_to_float(b);
     }
-    acc = warp_sum(acc);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
 }
 
-extern "C" __global__ void gemv_f32(const float* W, const float* x, float* y, int rows, int cols, int acc, int vec) {
-    gemv_rows<0>(W, x, y, rows, cols, acc, vec);
-}
-extern "C" __global__ void gemv_f16(const unsigned short* W, const float* x, float* y, int rows, int cols, int acc,
-                                    int vec) {
-    gemv_rows<1>(W, x, y, rows, cols, acc, vec);
-}
-extern "C" __global__ void gemv_bf16(const unsigned short* W, const float* x, float* y, int rows, int cols, int acc,
-                                     int vec) {
-    gemv_rows<2>(W, x, y, rows, cols, acc, vec);
+// The x values matching one 16-byte load of weights: 4, 8 or 16 floats.
+template <int KIND> struct Chunk { float4 v[4 / weight_bytes<KIND>() > 0 ? 4 / weight_bytes<KIND>() : 1]; };
+
+template <int KIND>
+__device__ __forceinline__ Chunk<KIND> load_x(const float* __restrict__ x, int i) {
+    constexpr int n = 4 / weight_bytes<KIND>();
+    Chunk<KIND> c;
+    const float4* x4 = reinterpret_cast<const float4*>(x) + i * n;
+#pragma unroll
+    for (int k = 0; k < n; ++k) c.v[k] = x4[k];
+    return c;
 }
 
-__device__ __forceinline__ float dot4_i8(int v, const float* __restrict__ x) {
+__device__ __forceinline__ float dot4_i8(int v, float4 a) {
     const char4 c = *reinterpret_cast<const char4*>(&v);
-    const float4 a = *reinterpret_cast<const float4*>(x);
     return (float)c.x * a.x + (float)c.y * a.y + (float)c.z * a.z + (float)c.w * a.w;
 }
 
-// int8 rows in blocks of cols / nblocks, one float32 scale each. vec: blocks of 32 (two 16-byte loads each).
-extern "C" __global__ void gemv_q8(const signed char* __restrict__ Q, const float* __restrict__ S,
-                                   const float* __restrict__ x, float* __restrict__ y, int rows, int cols,
-                                   int nblocks, int accumulate, int vec) {
+// 16 bytes of weights times the matching x.
+template <int KIND>
+__device__ __forceinline__ float dot16(uint4 p, const Chunk<KIND>& c) {
+    if constexpr (KIND == 0) {
+        const float4 a = c.v[0];
+        return __uint_as_float(p.x) * a.x + __uint_as_float(p.y) * a.y + __uint_as_float(p.z) * a.z
+             + __uint_as_float(p.w) * a.w;
+    } else if constexpr (KIND == 3) {
+        return dot4_i8(p.x, c.v[0]) + dot4_i8(p.y, c.v[1]) + dot4_i8(p.z, c.v[2]) + dot4_i8(p.w, c.v[3]);
+    } else {
+        const float4 a = c.v[0], b = c.v[1];
+        const float2 w0 = widen2<KIND>(p.x), w1 = widen2<KIND>(p.y), w2 = widen2<KIND>(p.z), w3 = widen2<KIND>(p.w);
+        return w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w + w2.x * b.x + w2.y * b.y + w3.x * b.z + w3.y * b.w;
+    }
+}
+
+// y[r] (+)= W[r, :] . x for R rows per warp: each load of x serves R rows. S: int8's scales (rows, nblocks).
+// vec: rows and x start on 16-byte boundaries, cols fills whole loads, and int8 blocks are 32 long.
+template <int KIND, int R>
+__device__ void gemv_rows(const void* __restrict__ W, const float* __restrict__ S, const float* __restrict__ x,
+                          float* __restrict__ y, int rows, int cols, int nblocks, int accumulate, int vec) {
     const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    const signed char* q = Q + (long long)row * cols;
-    const float* s = S + (long long)row * nblocks;
-    float acc = 0.0f;
+    const int row0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
+    if (row0 >= rows) return;
+    constexpr int per = 16 / weight_bytes<KIND>();  // weights per 16-byte load
+    const long long row_bytes = (long long)cols * weight_bytes<KIND>();
+    const char* w[R];
+    const float* s[R];
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int row = min(row0 + r, rows - 1);  // a short last group re-reads its last row, and does not store it
+        w[r] = reinterpret_cast<const char*>(W) + row * row_bytes;
+        s[r] = KIND == 3 ? S + (long long)row * nblocks : S;
+        acc[r] = 0.0f;
+    }
     if (vec) {
-        const int4* q4 = reinterpret_cast<const int4*>(q);
-        const int n = cols / 16;
-#pragma unroll 4
+        const int n = cols / per;
+#pragma unroll 2
         for (int i = lane; i < n; i += 32) {
-            const int4 p = __ldg(q4 + i);
-            const float* xx = x + i * 16;
-            acc += __ldg(s + (i >> 1)) * (dot4_i8(p.x, xx) + dot4_i8(p.y, xx + 4) + dot4_i8(p.z, xx + 8)
-                                         + dot4_i8(p.w, xx + 12));
+            const Chunk<KIND> c = load_x<KIND>(x, i);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const float d = dot16<KIND>(__ldg(reinterpret_cast<const uint4*>(w[r]) + i), c);
+                if constexpr (KIND == 3) acc[r] += __ldg(s[r] + (i >> 1)) * d;  // a block of 32 is two loads
+                else acc[r] += d;
+            }
         }
     } else {
         const int block = cols / nblocks;
-        for (int i = lane; i < cols; i += 32) acc += (float)q[i] * s[i / block] * x[i];
+        for (int i = lane; i < cols; i += 32) {
+            const float xi = x[i];
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r] += widen1<KIND>(w[r], i, s[r], block) * xi;
+        }
     }
-    acc = warp_sum(acc);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const float t = warp_sum(acc[r]);
+        if (lane == 0 && row0 + r < rows) y[row0 + r] = accumulate ? y[row0 + r] + t : t;
+    }
 }
+
+#define GEMV(NAME, KIND, R)                                                                                 \
+    extern "C" __global__ void NAME(const void* W, const float* S, const float* x, float* y, int rows,     \
+                                    int cols, int nblocks, int accumulate, int vec) {                       \
+        gemv_rows<KIND, R>(W, S, x, y, rows, cols, nblocks, accumulate, vec);                               \
+    }
+GEMV(gemv_fp32_r1, 0, 1) GEMV(gemv_fp32_r2, 0, 2) GEMV(gemv_fp32_r4, 0, 4)
+GEMV(gemv_fp16_r1, 1, 1) GEMV(gemv_fp16_r2, 1, 2) GEMV(gemv_fp16_r4, 1, 4)
+GEMV(gemv_bf16_r1, 2, 1) GEMV(gemv_bf16_r2, 2, 2) GEMV(gemv_bf16_r4, 2, 4)
+GEMV(gemv_int8_r1, 3, 1) GEMV(gemv_int8_r2, 3, 2) GEMV(gemv_int8_r4, 3, 4)
 
 // y = x * (w / sqrt(mean(x^2) + eps)), one block per row of x (T, d).
 extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
@@ -239,10 +257,11 @@ extern "C" __global__ void attend(const float* __restrict__ q, const float* __re
 }
 """
 
-WARPS = 8  # rows per block of the products: a warp each
+WARPS = 4  # warps per block of the products
+# Rows each warp of a product takes (each load of x then serves that many rows), by storage: 1, 2 or 4.
+ROWS_PER_WARP = {"fp32": 1, "fp16": 2, "bf16": 2, "int8": 2}
 ATTEND_THREADS = 128
 MAX_SHARED_BYTES = 48 << 10  # the attention kernel keeps a context's scores in shared memory; longer ones fall back
-GEMV_KINDS = {"fp32": "gemv_f32", "fp16": "gemv_f16", "bf16": "gemv_bf16"}
 I32 = np.int32
 
 
@@ -279,8 +298,9 @@ class Kernels:
 
     graphs = True  # a step made of these kernels can be captured into a CUDA graph (``StepGraph``)
 
-    def __init__(self, cupy):
+    def __init__(self, cupy, rows_per_warp: dict | None = None):
         self.cp = cupy
+        self.rows_per_warp = {**ROWS_PER_WARP, **(rows_per_warp or {})}
         self._module = None
         self._functions = {}
         self._swiglu = None
@@ -289,14 +309,14 @@ class Kernels:
         fn = self._functions.get(name)
         if fn is None:
             if self._module is None:
-                self._module = self.cp.RawModule(code=SOURCE, options=("--std=c++14",))
+                self._module = self.cp.RawModule(code=SOURCE, options=("--std=c++17",))
             fn = self._functions[name] = self._module.get_function(name)
         return fn
 
     # -- the kernels -----------------------------------------------------------
 
     def _plan(self, w):
-        """The GEMV launch for weight w: (kernel, grid, block, arguments before x, arguments after y), or None."""
+        """The GEMV launch for weight w: (kernel, grid, block, arguments before x, after y, vec, rows), or None."""
         from .weights import DeviceMatrix
 
         if isinstance(w, DeviceMatrix):
@@ -305,15 +325,18 @@ class Kernels:
             storage, (rows, cols) = "fp32", w.shape
         else:
             return None
-        grid, block = ((rows + WARPS - 1) // WARPS,), (32 * WARPS,)
+        R = self.rows_per_warp[storage]
+        grid, block = ((rows + WARPS * R - 1) // (WARPS * R),), (32 * WARPS,)
         if storage == "int8":
-            q, scales = w.blocks.q, w.blocks.scales
+            a, scales = w.blocks.q, w.blocks.scales
             nblocks = scales.shape[1]
-            vec = cols == 32 * nblocks and q.data.ptr % 16 == 0
-            return self._fn("gemv_q8"), grid, block, (q, scales), (I32(rows), I32(cols), I32(nblocks)), I32(vec), rows
-        a = w if storage == "fp32" else w.a
-        vec = cols % (4 if storage == "fp32" else 8) == 0 and a.data.ptr % 16 == 0
-        return self._fn(GEMV_KINDS[storage]), grid, block, (a,), (I32(rows), I32(cols)), I32(vec), rows
+            vec = cols == 32 * nblocks
+        else:
+            a, scales, nblocks = (w if storage == "fp32" else w.a), None, 1
+            vec = cols % (4 if storage == "fp32" else 8) == 0
+        vec = vec and a.data.ptr % 16 == 0 and cols * a.itemsize % 16 == 0
+        return (self._fn(f"gemv_{storage}_r{R}"), grid, block, (a, scales), (I32(rows), I32(cols), I32(nblocks)),
+                vec, rows)
 
     def gemv(self, x, w, residual=None, plans: dict | None = None):
         """x (1, in) @ w.T (+ residual, in place) for a float32 CuPy matrix or a ``DeviceMatrix``; None if unsupported.
@@ -329,7 +352,7 @@ class Kernels:
             plan = entry[1]
         if plan is None or not _one_row(x):
             return None
-        fn, grid, block, before, after, vec, rows = plan
+        fn, grid, block, (a, scales), after, vec, rows = plan
         if residual is None:
             y = self.cp.empty((1, rows), dtype=np.float32)
         elif _one_row(residual) and residual.shape[1] == rows:
@@ -337,7 +360,7 @@ class Kernels:
         else:
             return None
         vec = I32(vec and x.data.ptr % 16 == 0)
-        fn(grid, block, (*before, x, y, *after, I32(residual is not None), vec))
+        fn(grid, block, (a, x if scales is None else scales, x, y, *after, I32(residual is not None), vec))
         return y
 
     def rmsnorm(self, x, w, eps):

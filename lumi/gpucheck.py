@@ -49,6 +49,7 @@ from . import __version__, fused, generate
 from .backends import Device, get_device
 from .bench.env import copy_bandwidth, sync
 from .config import PRESETS
+from .cuda import ROWS_PER_WARP
 from .formats import load_checkpoint
 from .formats.synthetic import DeviceWeights
 from .model import Model
@@ -107,15 +108,17 @@ def kernels(device: Device) -> dict:
         diff = float(xp.abs(got - want).max()) / max(float(xp.abs(want).max()), 1e-30)
         rows.append({"kernel": name, "max_rel_diff": diff, "ok": diff < tol})
 
-    for out_dim, in_dim in ((4096, 4096), (11008, 4096), (64, 172), (100, 96)):  # vector and scalar paths
+    variants = {r: type(k)(xp, {storage: r for storage in ROWS_PER_WARP}) for r in (1, 2, 4)}
+    for out_dim, in_dim in ((4096, 4096), (11, 4096), (64, 172), (101, 96)):  # vector and scalar paths, short groups
         x, w32 = put(1, in_dim), put(out_dim, in_dim) / np.float32(math.sqrt(in_dim))
         for dtype in ("fp32", "fp16", "bf16", "int8"):
             w = convert_on_device(w32, dtype, xp)
             want = OPS["matmul"](x, w)
-            row(f"gemv {dtype} {out_dim}x{in_dim}", k.gemv(x, w), want)
-            residual = put(1, out_dim)
-            expect = residual + want
-            row(f"gemv+residual {dtype} {out_dim}x{in_dim}", k.gemv(x, w, residual), expect)
+            for r, variant in variants.items():
+                row(f"gemv {dtype} {out_dim}x{in_dim} r{r}", variant.gemv(x, w), want)
+                residual = put(1, out_dim)
+                expect = residual + want
+                row(f"gemv+residual {dtype} {out_dim}x{in_dim} r{r}", variant.gemv(x, w, residual), expect)
     for d in (64, 288, 4096):
         x, w = put(3, d), put(d)
         row(f"rmsnorm {d}", k.rmsnorm(x[:1].copy(), w, np.float32(1e-5)), OPS["norm"](x[:1], w, np.float32(1e-5), xp))
@@ -141,6 +144,48 @@ def kernels(device: Device) -> dict:
     gu = put(1, 2 * 11008)
     row("swiglu 11008", k.swiglu(gu, 11008), OPS["activation"](gu, 11008, xp))
     return {"rows": rows, "ok": all(r["ok"] for r in rows)}
+
+
+GEMV_SHAPES = {"wqkv": (12288, 4096), "w13": (22016, 4096), "w2": (4096, 11008), "output": (32000, 4096)}  # 7B's
+
+
+def gemv_speed(device: Device, repeats: int = 30) -> dict:
+    """Each storage's GEMV kernel on Llama-2-7B's product shapes, by rows per warp: time and fraction of copy bandwidth."""
+    from .weights import convert_on_device
+
+    if device.kernels is None:
+        return {"skipped": f"{device.name} has no fused kernels"}
+    xp, copy = device.xp, copy_bandwidth(device, 1 << 30)
+    variants = {r: type(device.kernels)(xp, {storage: r for storage in ROWS_PER_WARP}) for r in (1, 2, 4)}
+    rows = []
+    for storage in ("fp16", "bf16", "int8", "fp32"):
+        for name, (out_dim, in_dim) in GEMV_SHAPES.items():
+            w = convert_on_device(xp.random.RandomState(0).random_sample((out_dim, in_dim), dtype=np.float32), storage,
+                                  xp)
+            x, y = xp.ones((1, in_dim), dtype=np.float32), xp.zeros((1, out_dim), dtype=np.float32)
+            for r, variant in variants.items():
+                plans: dict = {}
+                for _ in range(3):
+                    variant.gemv(x, w, y, plans)
+                start, end = xp.cuda.Event(), xp.cuda.Event()
+                start.record()
+                for _ in range(repeats):
+                    variant.gemv(x, w, y, plans)
+                end.record()
+                end.synchronize()
+                seconds = xp.cuda.get_elapsed_time(start, end) / 1e3 / repeats
+                rows.append({"storage": storage, "weight": name, "shape": [out_dim, in_dim], "rows_per_warp": r,
+                             "us": seconds * 1e6, "bytes_per_s": w.nbytes / seconds,
+                             "fraction_of_copy_bandwidth": w.nbytes / seconds / copy})
+            del w
+            _free(device)
+    best = {}
+    for storage in ("fp16", "bf16", "int8", "fp32"):
+        totals = {r: sum(row["us"] for row in rows if row["storage"] == storage and row["rows_per_warp"] == r)
+                  for r in variants}
+        best[storage] = min(totals, key=totals.get)
+    return {"copy_bytes_per_s": copy, "repeats": repeats, "default_rows_per_warp": ROWS_PER_WARP,
+            "fastest_rows_per_warp": best, "rows": rows}
 
 
 def golden(device: Device, assets: Path) -> dict:
@@ -379,6 +424,7 @@ def main(argv=None) -> int:
                          "driver": device.xp.cuda.runtime.driverGetVersion()}
     checks = {
         "kernels": lambda: kernels(device),
+        "gemv": lambda: gemv_speed(device),
         "golden": lambda: golden(device, Path(args.assets)),
         "transfers": lambda: transfers(device, args.small),
         "bandwidth": lambda: bandwidth(device, args.big, args.dtypes.split(","), args.steps, args.copy_bytes),

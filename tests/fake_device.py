@@ -86,7 +86,7 @@ class ReferenceKernels:
 
     graphs = False  # the stand-in cannot capture a step
 
-    def __init__(self):
+    def __init__(self, xp=None, rows_per_warp=None):  # as cuda.Kernels is made: the array module, and a variant
         self.launches = Counter()
 
     def gemv(self, x, w, residual=None, plans=None):
