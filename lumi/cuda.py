@@ -221,17 +221,22 @@ extern "C" __global__ void advance(int* pos) { pos[0] += 1; }
 
 // Attention of one query token at position pos[0] over positions 0..pos[0]: block h takes query head h
 // against kv head h / g. q (H, hd); k, v (Hkv, S, hd) with `head_stride` floats between heads; out (H, hd).
-// Scores in shared memory (S floats).
+// Shared memory: the scores (S floats), then blockDim partial sums of the values.
+// Latency, not bandwidth, bounds it at decode's short contexts: every loop keeps many loads in flight.
 extern "C" __global__ void attend(const float* __restrict__ q, const float* __restrict__ k,
                                   const float* __restrict__ v, float* __restrict__ out,
-                                  const int* __restrict__ pos, int hd, int g, long long head_stride, float scale) {
-    extern __shared__ float p[];
+                                  const int* __restrict__ pos, int hd, int g, int S, long long head_stride,
+                                  float scale) {
+    extern __shared__ float shared[];
+    float* p = shared;
+    float* partial = shared + S;
     const int L = pos[0] + 1;
     const int h = blockIdx.x;
     const float* qh = q + (long long)h * hd;
     const float* kh = k + (h / g) * head_stride;
     const float* vh = v + (h / g) * head_stride;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    // scores: a warp per position, its lanes across the head's features
     for (int t = warp; t < L; t += warps) {
         float s = 0.0f;
         for (int j = lane; j < hd; j += 32) s += qh[j] * kh[(long long)t * hd + j];
@@ -249,18 +254,49 @@ extern "C" __global__ void attend(const float* __restrict__ q, const float* __re
         z += e;
     }
     z = block_reduce(z, false);  // its barriers also publish p
-    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
-        float acc = 0.0f;
-        for (int t = 0; t < L; ++t) acc += p[t] * vh[(long long)t * hd + j];
-        out[(long long)h * hd + j] = acc / z;
+    // values: thread (phase, j) sums positions phase, phase + phases, ... of feature j; then the phases add up
+    const int phases = max(1, (int)blockDim.x / hd);
+    const int phase = threadIdx.x / hd, j0 = threadIdx.x % hd;
+    if (phase < phases) {
+        for (int j = j0; j < hd; j += blockDim.x) {  // hd > blockDim: a thread takes several features
+            float acc = 0.0f;
+#pragma unroll 8
+            for (int t = phase; t < L; t += phases) acc += p[t] * vh[(long long)t * hd + j];
+            if (hd <= blockDim.x) partial[threadIdx.x] = acc;
+            else out[(long long)h * hd + j] = acc / z;
+        }
+    }
+    if (hd <= blockDim.x) {
+        __syncthreads();
+        if (threadIdx.x < hd) {
+            float acc = 0.0f;
+            for (int f = 0; f < phases; ++f) acc += partial[f * hd + threadIdx.x];
+            out[(long long)h * hd + threadIdx.x] = acc / z;
+        }
     }
 }
 """
 
 WARPS = 4  # warps per block of the products
-# Rows each warp of a product takes (each load of x then serves that many rows), by storage: 1, 2 or 4.
-ROWS_PER_WARP = {"fp32": 1, "fp16": 2, "bf16": 2, "int8": 2}
-ATTEND_THREADS = 128
+
+
+def rows_per_warp(storage: str, rows: int) -> int:
+    """Rows each warp of a product takes (each load of x then serves them all): 1, 2 or 4.
+
+    Measured on an H200 (``gpucheck``'s gemv section, Llama-2-7B's shapes):
+    16-bit weights gain from two rows once there are enough rows to fill the
+    card twice over (w13, wqkv: 89-96% of copy bandwidth against 86-90%), and
+    lose with fewer (w2: 4096 rows, 73% against 87%); int8 is bound by its
+    arithmetic and gains from two rows everywhere (45-73% against 40-46%);
+    float32 keeps one.
+    """
+    if storage == "int8":
+        return 2
+    if storage in ("fp16", "bf16") and rows >= 8192:
+        return 2
+    return 1
+
+ATTEND_THREADS = 256
 MAX_SHARED_BYTES = 48 << 10  # the attention kernel keeps a context's scores in shared memory; longer ones fall back
 I32 = np.int32
 
@@ -298,9 +334,9 @@ class Kernels:
 
     graphs = True  # a step made of these kernels can be captured into a CUDA graph (``StepGraph``)
 
-    def __init__(self, cupy, rows_per_warp: dict | None = None):
+    def __init__(self, cupy, rows_per_warp: int | None = None):
         self.cp = cupy
-        self.rows_per_warp = {**ROWS_PER_WARP, **(rows_per_warp or {})}
+        self.rows_per_warp = rows_per_warp  # None: ``rows_per_warp``'s choice per product; 1, 2 or 4 forces one
         self._module = None
         self._functions = {}
         self._swiglu = None
@@ -325,7 +361,7 @@ class Kernels:
             storage, (rows, cols) = "fp32", w.shape
         else:
             return None
-        R = self.rows_per_warp[storage]
+        R = self.rows_per_warp or rows_per_warp(storage, rows)
         grid, block = ((rows + WARPS * R - 1) // (WARPS * R),), (32 * WARPS,)
         if storage == "int8":
             a, scales = w.blocks.q, w.blocks.scales
@@ -396,13 +432,14 @@ class Kernels:
         """One query token at the position in ``pos``: q (1, H, hd), k and v (Hkv, >= pos + 1, hd) cache views."""
         _, H, hd = q.shape
         n_kv, S, _ = k.shape
-        if (4 * S > MAX_SHARED_BYTES or q.shape[0] != 1 or q.strides[1:] != (4 * hd, 4)
+        shared = 4 * (S + ATTEND_THREADS)
+        if (shared > MAX_SHARED_BYTES or q.shape[0] != 1 or q.strides[1:] != (4 * hd, 4)
                 or k.strides[1:] != (4 * hd, 4) or v.strides != k.strides):
             return None
         out = self.cp.empty((1, H * hd), dtype=np.float32)
-        self._fn("attend")((H,), (ATTEND_THREADS,), (q, k, v, out, pos, I32(hd), I32(H // n_kv),
+        self._fn("attend")((H,), (ATTEND_THREADS,), (q, k, v, out, pos, I32(hd), I32(H // n_kv), I32(S),
                                                       np.int64(k.strides[0] // 4), np.float32(1 / math.sqrt(hd))),
-                           shared_mem=4 * S)
+                           shared_mem=shared)
         return out
 
     def swiglu(self, gu, hidden_dim: int):

@@ -49,7 +49,7 @@ from . import __version__, fused, generate
 from .backends import Device, get_device
 from .bench.env import copy_bandwidth, sync
 from .config import PRESETS
-from .cuda import ROWS_PER_WARP
+from .cuda import rows_per_warp
 from .formats import load_checkpoint
 from .formats.synthetic import DeviceWeights
 from .model import Model
@@ -108,7 +108,7 @@ def kernels(device: Device) -> dict:
         diff = float(xp.abs(got - want).max()) / max(float(xp.abs(want).max()), 1e-30)
         rows.append({"kernel": name, "max_rel_diff": diff, "ok": diff < tol})
 
-    variants = {r: type(k)(xp, {storage: r for storage in ROWS_PER_WARP}) for r in (1, 2, 4)}
+    variants = {r: type(k)(xp, r) for r in (1, 2, 4)}
     for out_dim, in_dim in ((4096, 4096), (11, 4096), (64, 172), (101, 96)):  # vector and scalar paths, short groups
         x, w32 = put(1, in_dim), put(out_dim, in_dim) / np.float32(math.sqrt(in_dim))
         for dtype in ("fp32", "fp16", "bf16", "int8"):
@@ -156,7 +156,7 @@ def gemv_speed(device: Device, repeats: int = 30) -> dict:
     if device.kernels is None:
         return {"skipped": f"{device.name} has no fused kernels"}
     xp, copy = device.xp, copy_bandwidth(device, 1 << 30)
-    variants = {r: type(device.kernels)(xp, {storage: r for storage in ROWS_PER_WARP}) for r in (1, 2, 4)}
+    variants = {r: type(device.kernels)(xp, r) for r in (None, 1, 2, 4)}  # None: the default choice per shape
     rows = []
     for storage in ("fp16", "bf16", "int8", "fp32"):
         for name, (out_dim, in_dim) in GEMV_SHAPES.items():
@@ -174,18 +174,13 @@ def gemv_speed(device: Device, repeats: int = 30) -> dict:
                 end.record()
                 end.synchronize()
                 seconds = xp.cuda.get_elapsed_time(start, end) / 1e3 / repeats
-                rows.append({"storage": storage, "weight": name, "shape": [out_dim, in_dim], "rows_per_warp": r,
+                rows.append({"storage": storage, "weight": name, "shape": [out_dim, in_dim],
+                             "rows_per_warp": r or f"default ({rows_per_warp(storage, out_dim)})",
                              "us": seconds * 1e6, "bytes_per_s": w.nbytes / seconds,
                              "fraction_of_copy_bandwidth": w.nbytes / seconds / copy})
             del w
             _free(device)
-    best = {}
-    for storage in ("fp16", "bf16", "int8", "fp32"):
-        totals = {r: sum(row["us"] for row in rows if row["storage"] == storage and row["rows_per_warp"] == r)
-                  for r in variants}
-        best[storage] = min(totals, key=totals.get)
-    return {"copy_bytes_per_s": copy, "repeats": repeats, "default_rows_per_warp": ROWS_PER_WARP,
-            "fastest_rows_per_warp": best, "rows": rows}
+    return {"copy_bytes_per_s": copy, "repeats": repeats, "rows": rows}
 
 
 def golden(device: Device, assets: Path) -> dict:
@@ -227,13 +222,16 @@ def _launches(device: Device, step, n: int) -> dict | None:
         for _ in range(n):
             step()
         sync(device)
-    names = Counter()
+    names, micros = Counter(), Counter()
     for event in prof.events():
         if str(getattr(event, "device_type", "")).endswith("CUDA"):
             names[event.name] += 1
+            with contextlib.suppress(Exception):
+                micros[event.name] += event.time_range.elapsed_us()
     copies = sum(c for name, c in names.items() if name.startswith(("Memcpy", "Memset")))
     return {"per_step": (sum(names.values()) - copies) / n, "copies_per_step": copies / n,
-            "by_name_per_step": {name: c / n for name, c in names.most_common(40)}}
+            "by_name_per_step": {name[:60]: c / n for name, c in names.most_common(40)},
+            "gpu_us_by_name_per_step": {name[:60]: us / n for name, us in micros.most_common(40)}}
 
 
 def transfers(device: Device, preset: str) -> dict:
@@ -317,6 +315,14 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
         model = Model(config, _weights(config, dev), max_seq_len=64, dtype=dtype, device=dev, gpu_layers=-1,
                       cuda_graphs=graphs)
         speed = decode_speed(model, dev, steps if dev.kernels is not None else max(3, steps // 4))
+        if not rows and not dev.host_memory:  # where the first run's step spends its GPU time, by kernel
+            state = {"pos": 2 + 2 + steps, "token": 7}
+
+            def step():
+                state["token"] = model.next_token([state["token"]], state["pos"], SamplingParams(), None)
+                state["pos"] += 1
+
+            speed["kernels"] = _launches(dev, step, 4)
         bytes_per_token = model.decode_weight_bytes()
         mode = "array-functions" if dev.kernels is None else "graph" if model.cuda_graphs else "eager"
         rows.append({"dtype": dtype, "mode": mode, "graph_error": model.graph_error, **speed,
