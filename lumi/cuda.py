@@ -179,16 +179,31 @@ GEMV(gemv_fp16_r1, 1, 1) GEMV(gemv_fp16_r2, 1, 2) GEMV(gemv_fp16_r4, 1, 4)
 GEMV(gemv_bf16_r1, 2, 1) GEMV(gemv_bf16_r2, 2, 2) GEMV(gemv_bf16_r4, 2, 4)
 GEMV(gemv_int8_r1, 3, 1) GEMV(gemv_int8_r2, 3, 2) GEMV(gemv_int8_r4, 3, 4)
 
-// y = x * (w / sqrt(mean(x^2) + eps)), one block per row of x (T, d).
+// y = x * (w / sqrt(mean(x^2) + eps)), one block per row of x (T, d). The first RMS_HELD * blockDim elements of
+// x and w are read once, before the reduction, and held in registers: one trip to memory, not two.
+#define RMS_HELD 4
 extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
                                    int d, float inv_d, float eps) {
     const float* xr = x + (long long)blockIdx.x * d;
     float* yr = y + (long long)blockIdx.x * d;
+    float xv[RMS_HELD], wv[RMS_HELD];
     float s = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) s += xr[i] * xr[i];
+#pragma unroll
+    for (int k = 0; k < RMS_HELD; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        xv[k] = i < d ? xr[i] : 0.0f;
+        wv[k] = i < d ? w[i] : 0.0f;
+        s += xv[k] * xv[k];
+    }
+    for (int i = threadIdx.x + RMS_HELD * blockDim.x; i < d; i += blockDim.x) s += xr[i] * xr[i];
     s = block_reduce(s, false);
     const float r = 1.0f / sqrtf(s * inv_d + eps);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = xr[i] * (w[i] * r);
+#pragma unroll
+    for (int k = 0; k < RMS_HELD; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < d) yr[i] = xv[k] * (wv[k] * r);
+    }
+    for (int i = threadIdx.x + RMS_HELD * blockDim.x; i < d; i += blockDim.x) yr[i] = xr[i] * (w[i] * r);
 }
 
 // Positions live in device memory (pos[0]), so a captured step replays at any position.
@@ -219,17 +234,20 @@ extern "C" __global__ void store_kv(const float* __restrict__ kv, float* __restr
 
 extern "C" __global__ void advance(int* pos) { pos[0] += 1; }
 
+__device__ __forceinline__ float dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
+
 // Attention of one query token at position pos[0] over positions 0..pos[0]: block h takes query head h
 // against kv head h / g. q (H, hd); k, v (Hkv, S, hd) with `head_stride` floats between heads; out (H, hd).
-// Shared memory: the scores (S floats), then blockDim partial sums of the values.
-// Latency, not bandwidth, bounds it at decode's short contexts: every loop keeps many loads in flight.
+// Latency, not bandwidth, bounds it at decode's short contexts, so each loop keeps many loads in flight:
+// vec (hd % 4 == 0, 16-byte aligned rows) reads float4s. Shared memory: the scores (S floats), then the
+// partial sums of the values (blockDim float4s).
 extern "C" __global__ void attend(const float* __restrict__ q, const float* __restrict__ k,
                                   const float* __restrict__ v, float* __restrict__ out,
                                   const int* __restrict__ pos, int hd, int g, int S, long long head_stride,
-                                  float scale) {
+                                  float scale, int vec) {
     extern __shared__ float shared[];
     float* p = shared;
-    float* partial = shared + S;
+    float4* partial = reinterpret_cast<float4*>(shared + ((S + 3) & ~3));
     const int L = pos[0] + 1;
     const int h = blockIdx.x;
     const float* qh = q + (long long)h * hd;
@@ -237,11 +255,22 @@ extern "C" __global__ void attend(const float* __restrict__ q, const float* __re
     const float* vh = v + (h / g) * head_stride;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     // scores: a warp per position, its lanes across the head's features
-    for (int t = warp; t < L; t += warps) {
-        float s = 0.0f;
-        for (int j = lane; j < hd; j += 32) s += qh[j] * kh[(long long)t * hd + j];
-        s = warp_sum(s);
-        if (lane == 0) p[t] = s * scale;
+    if (vec && hd <= 128) {  // one float4 of q per lane, held; one float4 of k per lane and position
+        const int n4 = hd / 4;
+        const float4 q4 = lane < n4 ? reinterpret_cast<const float4*>(qh)[lane] : make_float4(0, 0, 0, 0);
+#pragma unroll 4
+        for (int t = warp; t < L; t += warps) {
+            float s = lane < n4 ? dot4(q4, reinterpret_cast<const float4*>(kh + (long long)t * hd)[lane]) : 0.0f;
+            s = warp_sum(s);
+            if (lane == 0) p[t] = s * scale;
+        }
+    } else {
+        for (int t = warp; t < L; t += warps) {
+            float s = 0.0f;
+            for (int j = lane; j < hd; j += 32) s += qh[j] * kh[(long long)t * hd + j];
+            s = warp_sum(s);
+            if (lane == 0) p[t] = s * scale;
+        }
     }
     __syncthreads();
     float m = NEG_INF;
@@ -254,24 +283,37 @@ extern "C" __global__ void attend(const float* __restrict__ q, const float* __re
         z += e;
     }
     z = block_reduce(z, false);  // its barriers also publish p
-    // values: thread (phase, j) sums positions phase, phase + phases, ... of feature j; then the phases add up
-    const int phases = max(1, (int)blockDim.x / hd);
-    const int phase = threadIdx.x / hd, j0 = threadIdx.x % hd;
-    if (phase < phases) {
-        for (int j = j0; j < hd; j += blockDim.x) {  // hd > blockDim: a thread takes several features
+    if (vec && hd / 4 <= (int)blockDim.x) {
+        // values: thread (phase, j4) sums positions phase, phase + phases, ... of features 4 j4 .. 4 j4 + 3
+        const int n4 = hd / 4, phases = blockDim.x / n4;
+        const int phase = threadIdx.x / n4, j4 = threadIdx.x % n4;
+        if (phase < phases) {
+            float4 acc = make_float4(0, 0, 0, 0);
+#pragma unroll 4
+            for (int t = phase; t < L; t += phases) {
+                const float4 vv = reinterpret_cast<const float4*>(vh + (long long)t * hd)[j4];
+                const float pt = p[t];
+                acc.x += pt * vv.x, acc.y += pt * vv.y, acc.z += pt * vv.z, acc.w += pt * vv.w;
+            }
+            partial[threadIdx.x] = acc;
+        }
+        __syncthreads();
+        if (threadIdx.x < n4) {
+            float4 acc = make_float4(0, 0, 0, 0);
+            for (int f = 0; f < phases; ++f) {
+                const float4 part = partial[f * n4 + threadIdx.x];
+                acc.x += part.x, acc.y += part.y, acc.z += part.z, acc.w += part.w;
+            }
+            const float inv = 1.0f / z;
+            reinterpret_cast<float4*>(out + (long long)h * hd)[threadIdx.x] =
+                make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+        }
+    } else {
+        for (int j = threadIdx.x; j < hd; j += blockDim.x) {
             float acc = 0.0f;
 #pragma unroll 8
-            for (int t = phase; t < L; t += phases) acc += p[t] * vh[(long long)t * hd + j];
-            if (hd <= blockDim.x) partial[threadIdx.x] = acc;
-            else out[(long long)h * hd + j] = acc / z;
-        }
-    }
-    if (hd <= blockDim.x) {
-        __syncthreads();
-        if (threadIdx.x < hd) {
-            float acc = 0.0f;
-            for (int f = 0; f < phases; ++f) acc += partial[f * hd + threadIdx.x];
-            out[(long long)h * hd + threadIdx.x] = acc / z;
+            for (int t = 0; t < L; ++t) acc += p[t] * vh[(long long)t * hd + j];
+            out[(long long)h * hd + j] = acc / z;
         }
     }
 }
@@ -432,14 +474,15 @@ class Kernels:
         """One query token at the position in ``pos``: q (1, H, hd), k and v (Hkv, >= pos + 1, hd) cache views."""
         _, H, hd = q.shape
         n_kv, S, _ = k.shape
-        shared = 4 * (S + ATTEND_THREADS)
+        shared = 4 * ((S + 3) // 4 * 4) + 16 * ATTEND_THREADS
         if (shared > MAX_SHARED_BYTES or q.shape[0] != 1 or q.strides[1:] != (4 * hd, 4)
                 or k.strides[1:] != (4 * hd, 4) or v.strides != k.strides):
             return None
+        vec = hd % 4 == 0 and all(a.data.ptr % 16 == 0 for a in (q, k, v)) and k.strides[0] % 16 == 0
         out = self.cp.empty((1, H * hd), dtype=np.float32)
         self._fn("attend")((H,), (ATTEND_THREADS,), (q, k, v, out, pos, I32(hd), I32(H // n_kv), I32(S),
-                                                      np.int64(k.strides[0] // 4), np.float32(1 / math.sqrt(hd))),
-                           shared_mem=shared)
+                                                      np.int64(k.strides[0] // 4), np.float32(1 / math.sqrt(hd)),
+                                                      I32(vec)), shared_mem=shared)
         return out
 
     def swiglu(self, gu, hidden_dim: int):

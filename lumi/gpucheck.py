@@ -119,7 +119,7 @@ def kernels(device: Device) -> dict:
                 residual = put(1, out_dim)
                 expect = residual + want
                 row(f"gemv+residual {dtype} {out_dim}x{in_dim} r{r}", variant.gemv(x, w, residual), expect)
-    for d in (64, 288, 4096):
+    for d in (64, 288, 4096, 5000):  # 5000: beyond what the kernel holds in registers
         x, w = put(3, d), put(d)
         row(f"rmsnorm {d}", k.rmsnorm(x[:1].copy(), w, np.float32(1e-5)), OPS["norm"](x[:1], w, np.float32(1e-5), xp))
     for layout in ("interleaved", "half"):
@@ -136,7 +136,7 @@ def kernels(device: Device) -> dict:
     pos = at(41)
     k.advance(pos)
     rows.append({"kernel": "advance", "ok": int(pos[0]) == 42})
-    for H, Hkv, hd, L in ((8, 4, 8, 1), (8, 4, 8, 37), (32, 32, 128, 300), (32, 8, 128, 2000)):
+    for H, Hkv, hd, L in ((8, 4, 8, 1), (8, 4, 8, 37), (32, 32, 128, 300), (32, 8, 128, 2000), (4, 2, 6, 9)):
         q, cache = put(1, H, hd), put(2, Hkv, L + 5, hd)
         keys, values = cache[0, :, :L], cache[1, :, :L]
         row(f"attend H{H} Hkv{Hkv} hd{hd} L{L}", k.attend(q, cache[0], cache[1], at(L - 1)),
