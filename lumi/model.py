@@ -265,7 +265,10 @@ class Model:
         self.placement = [device if d else CPU for d in on_device]
         c, w = config, weights
         source = getattr(weights, "device", CPU)
+        # the head first: its big tables are converted while the device's memory is emptiest
         self.tok_embeddings = _matrix(self.head, source, dtype, w["tok_embeddings"])  # (V, d)
+        self.norm = _vector(self.head, source, w["norm"])  # (d,)
+        self.output = self.tok_embeddings if c.tie_embeddings else _matrix(self.head, source, dtype, w["output"])  # (V, d)
         self.layers = []
         for i, dev in enumerate(self.placement):
             p = f"layers.{i}."
@@ -284,8 +287,7 @@ class Model:
                     device=dev,
                 )
             )
-        self.norm = _vector(self.head, source, w["norm"])  # (d,)
-        self.output = self.tok_embeddings if c.tie_embeddings else _matrix(self.head, source, dtype, w["output"])  # (V, d)
+
         self.eps = F32(c.norm_eps)
         self.ops = SimpleNamespace(**OPS)  # the operations of the layers on the host (and of prompts everywhere)
         if kernels == "numba":

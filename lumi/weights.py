@@ -296,28 +296,41 @@ class DeviceMatrix:
         return self.a[index].astype(xp.float32)
 
 
+CONVERT_BLOCK_BYTES = 64 << 20  # float32 bytes converted at a time on a device: a bounded temporary
+
+
 def convert_on_device(w, dtype: str, xp):
     """A float32 matrix on a device in the storage ``dtype``, converted there: an array (fp32) or a DeviceMatrix.
 
     bf16 rounds to nearest even, as ml_dtypes does on the host (finite values);
-    int8 takes ``quantize_q8``'s blocks and absmax scales.
+    int8 takes ``quantize_q8``'s blocks and absmax scales. Rows go a block at a
+    time, so the temporaries stay small next to the matrix.
     """
     if dtype == "fp32":
         return w
-    if dtype == "fp16":
-        return DeviceMatrix("fp16", xp, a=w.astype(xp.float16))
-    if dtype == "bf16":
-        bits = w.view(xp.uint32)
-        rounded = bits + (xp.uint32(0x7FFF) + ((bits >> 16) & xp.uint32(1)))
-        return DeviceMatrix("bf16", xp, a=(rounded >> 16).astype(xp.uint16))
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage dtype {dtype!r} (known: {', '.join(STORAGE_DTYPES)})")
+    rows, cols = w.shape
+    n_blocks = cols // QK if cols % QK == 0 else 1
+    out = xp.empty((rows, cols), dtype={"fp16": xp.float16, "bf16": xp.uint16, "int8": xp.int8}[dtype])
+    scales = xp.empty((rows, n_blocks), dtype=xp.float32) if dtype == "int8" else None
+    step = max(1, CONVERT_BLOCK_BYTES // (4 * cols))
+    for r0 in range(0, rows, step):
+        part = w[r0 : r0 + step]
+        if dtype == "fp16":
+            out[r0 : r0 + step] = part
+        elif dtype == "bf16":
+            bits = part.view(xp.uint32)
+            out[r0 : r0 + step] = (bits + (xp.uint32(0x7FFF) + ((bits >> 16) & xp.uint32(1)))) >> 16
+        else:
+            blocks = part.reshape(part.shape[0], n_blocks, -1)
+            scale = xp.abs(blocks).max(axis=-1) / np.float32(127)
+            inverse = xp.where(scale > 0, np.float32(1) / xp.where(scale > 0, scale, np.float32(1)), np.float32(0))
+            out[r0 : r0 + step] = xp.rint(blocks * inverse[:, :, None]).reshape(part.shape)
+            scales[r0 : r0 + step] = scale
     if dtype == "int8":
-        rows, cols = w.shape
-        blocks = w.reshape(rows, cols // QK if cols % QK == 0 else 1, -1)
-        scale = xp.abs(blocks).max(axis=-1) / np.float32(127)
-        inverse = xp.where(scale > 0, np.float32(1) / xp.where(scale > 0, scale, np.float32(1)), np.float32(0))
-        q = xp.rint(blocks * inverse[:, :, None]).astype(xp.int8).reshape(rows, cols)
-        return DeviceMatrix("int8", xp, blocks=BlockQ8(q, scale.astype(xp.float32)))
-    raise ValueError(f"unknown storage dtype {dtype!r} (known: {', '.join(STORAGE_DTYPES)})")
+        return DeviceMatrix("int8", xp, blocks=BlockQ8(out, scales))
+    return DeviceMatrix(dtype, xp, a=out)
 
 
 def device_matmul_t(x, w: DeviceMatrix):
@@ -329,6 +342,7 @@ def device_matmul_t(x, w: DeviceMatrix):
         b1 = min(b0 + block, rows)
         out[:, b0:b1] = x @ w.rows(slice(b0, b1)).T
     return out
+
 
 
 def stack_on_device(parts: list, xp):
