@@ -106,6 +106,7 @@ def test_a_cupy_config_runs_each_gpu_layers_point_on_the_device(tmp_path, monkey
     assert len({r["ids_fingerprint"] for r in results}) == 1  # placement never changes the answer
     assert all(r["backend"] == "cupy" and r["device_copy_bytes_per_s"] == 1e12 for r in results)
     assert results[2]["widening"]["w13"] == "bf16-device"
+    assert all(r["weights_made_on"] == "device" for r in results)  # synthetic weights drawn on the device
 
 
 def test_bench_json_has_the_promised_fields(tmp_path, capsys):

@@ -79,7 +79,9 @@ class Session:
 
     def __init__(self, cfg: BenchConfig):
         from ..backends import get_device
+        from ..config import PRESETS
         from ..formats import load_checkpoint
+        from ..formats.synthetic import DeviceWeights, parse_spec
 
         check_supported(cfg)
         self.cfg = cfg
@@ -91,7 +93,14 @@ class Session:
             model_spec = beside if os.path.exists(beside) else model_spec
         self.device = get_device(cfg.backend)
         self.copy_bytes_per_s = None  # measured once, on a GPU
-        self.config, weights = load_checkpoint(model_spec)
+        if model_spec.startswith("synthetic:") and not self.device.host_memory and cfg.reference is None:
+            # drawn on the GPU itself, a tensor at a time: no host copy of a 7B model, no upload
+            # (the numbers differ from the host's draws, so not with a reference file made from those)
+            preset, seed = parse_spec(model_spec)
+            self.config, weights = PRESETS[preset], DeviceWeights(PRESETS[preset], self.device, seed)
+        else:
+            self.config, weights = load_checkpoint(model_spec)
+        self.weights_made_on = "device" if isinstance(weights, DeviceWeights) else "host"
         self._weights = weights if len(cfg.gpu_layers) > 1 else None  # kept only to place the model again
         self.model = self._build(weights, cfg.gpu_layers[0])
         self.load_s = time.perf_counter() - t0
@@ -171,6 +180,7 @@ def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
         result[m] = statistics.median(samples[m])
     result["decode_s"] = result["decode_s_per_token"] * result["decode_tokens"]
     result["load_s"] = session.load_s
+    result["weights_made_on"] = session.weights_made_on
     result["weight_bytes_per_token"] = model.decode_weight_bytes()
     result["widening"] = model.widening_paths()  # the path each kind of weight actually took
     if cfg.kernels == "numba":
