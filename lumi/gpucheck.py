@@ -230,6 +230,7 @@ def _launches(device: Device, step, n: int) -> dict | None:
                 micros[event.name] += event.time_range.elapsed_us()
     copies = sum(c for name, c in names.items() if name.startswith(("Memcpy", "Memset")))
     return {"per_step": (sum(names.values()) - copies) / n, "copies_per_step": copies / n,
+            "float64_kernels": sorted(name for name in names if "float64" in name or "double" in name),
             "by_name_per_step": {name[:60]: c / n for name, c in names.most_common(40)},
             "gpu_us_by_name_per_step": {name[:60]: us / n for name, us in micros.most_common(40)}}
 
