@@ -25,6 +25,7 @@ model runs the same code on any device.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -537,6 +538,35 @@ class Kernels:
                 "attention": fused_attention, "activation": fused_activation}
 
 
+class Ranges:
+    """NVTX ranges (``cupy.cuda.nvtx``) around each step and layer, for Nsight Systems and other profilers.
+
+    On with ``LUMI_NVTX=1`` (or ``Model(nvtx=True)``): each costs a few
+    microseconds of host time, so it stays off when not profiling. A step
+    replayed as a CUDA graph shows one range per replay, not per layer.
+    """
+
+    def __init__(self, nvtx):
+        self.nvtx = nvtx
+
+    @contextmanager
+    def __call__(self, name: str):
+        self.nvtx.RangePush(name)
+        try:
+            yield
+        finally:
+            self.nvtx.RangePop()
+
+
+NO_RANGE = nullcontext()
+
+
+def ranges(device, enabled: bool):
+    """A ``name -> context manager`` marking NVTX ranges on ``device``'s profiler timeline; a no-op elsewhere."""
+    nvtx = getattr(getattr(device.xp, "cuda", None), "nvtx", None)
+    return Ranges(nvtx) if enabled and nvtx is not None else lambda name: NO_RANGE
+
+
 class StepGraph:
     """A greedy decode step of a model held wholly on one GPU, captured into a CUDA graph once and replayed.
 
@@ -566,7 +596,7 @@ class StepGraph:
 
     def run(self, token: int, pos: int) -> int:
         cp, position = self.device.xp, self.model.positions[self.device]
-        with cp.cuda.using_allocator(self.pool.malloc), self.stream:
+        with cp.cuda.using_allocator(self.pool.malloc), self.stream, self.model._range(f"graph step {pos}"):
             if token != self.token_host:
                 self.token[...] = self.device.to_device(np.array([token], dtype=np.int32))
             position.at(pos)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ import numpy as np
 
 from . import fused
 from .backends import CPU, Device, placement
-from .cuda import Position
+from .cuda import Position, ranges
 from .config import ModelConfig
 from .errors import LumiError, UsageError
 from .kvcache import KVCache
@@ -238,7 +239,8 @@ class Model:
     """
 
     def __init__(self, config: ModelConfig, weights: dict, *, max_seq_len: int | None = None, dtype: str = "fp32",
-                 device: Device = CPU, gpu_layers: int = 0, kernels: str = "numpy", cuda_graphs: bool = True):
+                 device: Device = CPU, gpu_layers: int = 0, kernels: str = "numpy", cuda_graphs: bool = True,
+                 nvtx: bool | None = None):
         if max_seq_len is None:
             max_seq_len = config.max_seq_len
         if not 0 < max_seq_len <= config.max_seq_len:
@@ -303,6 +305,8 @@ class Model:
                             and getattr(self.head.kernels, "graphs", False))
         self._graph = None
         self.graph_error = None
+        # NVTX ranges per step and per layer for GPU profilers (``LUMI_NVTX=1``); free when off
+        self._range = ranges(device, os.environ.get("LUMI_NVTX") == "1" if nvtx is None else nvtx)
         self.rope = {}  # device -> (cos, sin), each (max_seq_len, hd/2), on every device a layer uses
         for dev in {self.head, *self.placement}:
             self.rope[dev] = rope_tables(c.head_dim, max_seq_len, c.rope_theta, dev.xp, c.rope_scaling)
@@ -426,8 +430,9 @@ class Model:
 
     def _last_logits(self, tokens, start_pos: int, tokens_on_device: bool = False):
         """Logits (V,) of the last of tokens, on the head's device: the classifier runs on that position only."""
-        x = self._hidden(tokens, start_pos, tokens_on_device)
-        return self._ops(self.head, 1).matmul(x[-1:], self.output)[0]
+        with self._range(f"{'step' if len(tokens) == 1 else 'prompt'} at {start_pos}"):
+            x = self._hidden(tokens, start_pos, tokens_on_device)
+            return self._ops(self.head, 1).matmul(x[-1:], self.output)[0]
 
     def _hidden(self, tokens, start_pos: int, tokens_on_device: bool = False):
         """Final-normed hidden states (T, d) for tokens at start_pos.. (already on the head's device: checked by the caller)."""
@@ -442,21 +447,24 @@ class Model:
         here = self.head  # where x lives: activations cross a device boundary once per boundary per step
         x = self.ops.embed(self.tok_embeddings, tokens if tokens_on_device else here.to_device(tokens))  # (T, d)
         for i, layer in enumerate(self.layers):
-            dev, xp = layer.device, layer.device.xp
-            ops = self._ops(dev, T)
-            if dev is not here:
-                x = dev.to_device(here.to_host(x))
-                here = dev
-            h = ops.norm(x, layer.attention_norm, self.eps, xp)
-            qkv = ops.matmul(h, layer.wqkv)  # (T, d + 2 kv_dim)
-            if layer.bqkv is not None:
-                qkv += layer.bqkv
-            ops.rope(qkv[:, : (H + Hkv) * hd].reshape(T, H + Hkv, hd), *self.rope[dev], start_pos, c.rope_layout)  # q, k
-            q = qkv[:, : H * hd].reshape(T, H, hd)
-            keys, values = ops.cache(self.cache, i, start_pos, qkv[:, H * hd :].reshape(T, 2, Hkv, hd))  # (Hkv, L, hd)
-            x = ops.matmul(ops.attention(q, keys, values, start_pos, xp), layer.wo, x)  # x += ...
-            h = ops.norm(x, layer.ffn_norm, self.eps, xp)
-            x = ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2, x)
+            with self._range(f"layer {i}"):
+                dev, xp = layer.device, layer.device.xp
+                ops = self._ops(dev, T)
+                if dev is not here:
+                    x = dev.to_device(here.to_host(x))
+                    here = dev
+                h = ops.norm(x, layer.attention_norm, self.eps, xp)
+                qkv = ops.matmul(h, layer.wqkv)  # (T, d + 2 kv_dim)
+                if layer.bqkv is not None:
+                    qkv += layer.bqkv
+                qk = qkv[:, : (H + Hkv) * hd].reshape(T, H + Hkv, hd)
+                ops.rope(qk, *self.rope[dev], start_pos, c.rope_layout)  # q and k at once, in place
+                kv = qkv[:, H * hd :].reshape(T, 2, Hkv, hd)
+                keys, values = ops.cache(self.cache, i, start_pos, kv)  # (Hkv, L, hd) each
+                q = qkv[:, : H * hd].reshape(T, H, hd)
+                x = ops.matmul(ops.attention(q, keys, values, start_pos, xp), layer.wo, x)  # x += ...
+                h = ops.norm(x, layer.ffn_norm, self.eps, xp)
+                x = ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2, x)
         for position in self.positions.values():  # the device copies move on with the step (a prompt: set once)
             position.advance() if T == 1 else position.at(start_pos + T)
         if here is not self.head:

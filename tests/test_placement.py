@@ -184,3 +184,30 @@ def test_a_decode_step_on_a_device_with_kernels_is_ten_launches_a_layer():
         COPIES.clear()
         model.decode(7, 2)  # a jump back: the position goes up once
         assert COPIES["h2d"] == 2 and int(position.buffer[0]) == 3
+
+
+def test_nvtx_ranges_mark_each_layer_when_asked_and_cost_nothing_when_not():
+    import dataclasses
+    import types
+
+    class Recorder:
+        def __init__(self):
+            self.events = []
+
+        def RangePush(self, name):
+            self.events.append(("push", name))
+
+        def RangePop(self):
+            self.events.append(("pop",))
+
+    recorder = Recorder()
+    xp = types.SimpleNamespace(**vars(FAKE.xp), cuda=types.SimpleNamespace(nvtx=recorder))
+    device = dataclasses.replace(FAKE, xp=xp)
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config)
+    Model(config, weights, device=device, gpu_layers=-1).decode(1, 0)
+    assert recorder.events == []  # off unless asked for (LUMI_NVTX=1, or nvtx=True)
+    Model(config, weights, device=device, gpu_layers=-1, nvtx=True).decode(1, 0)
+    pushes = [e[1] for e in recorder.events if e[0] == "push"]
+    assert pushes == ["step at 0"] + [f"layer {i}" for i in range(config.n_layers)]
+    assert [e[0] for e in recorder.events] == ["push"] + ["push", "pop"] * config.n_layers + ["pop"]
