@@ -3,23 +3,28 @@
 Composed from CuPy's array functions, one transformer layer of a decode step
 is about 50 kernel launches (RMSNorm alone is seven), and at a few
 microseconds of Python and driver time each they, not the weights, set the
-speed. These kernels do each operation of the step in one launch:
+speed (llama2-7B fp16 on an H200: 49 ms/token). These kernels do each
+operation of the step in one launch:
 
-- ``gemv``: y = W x (+ y), a warp per row, 16-byte loads, float32
+- ``gemv``: y = W x (+ y), 1, 2 or 4 rows per warp, 16-byte loads, float32
   accumulation. fp16 widens with the hardware conversion, bf16 (held as its
   uint16 bits) by a shift, int8 by its block scale; the weight is read once in
   its stored width and never exists in float32. The residual add rides along.
-- ``rmsnorm``, ``rope`` (q and k together), ``swiglu``, and ``attend``:
-  decode attention for one query token, scores, softmax and the weighted sum
-  of values in one block per head.
+- ``rmsnorm``, ``rope`` (q and k together), ``store_kv``, ``swiglu``, and
+  ``attend``: attention for one query token, scores, softmax and the weighted
+  sum of values in one block per head.
 
 A layer's decode step is then ten launches: norm, qkv, rope, cache store,
-attention, wo (+ residual), norm, w13, swiglu, w2 (+ residual). Prompts
-(T > 1) keep the array-function path and cuBLAS matrix products.
+attention, wo (+ residual), norm, w13, swiglu, w2 (+ residual): 5.9 ms/token.
+Positions live in device memory (``Position``), so no launch depends on one,
+and ``StepGraph`` replays a whole greedy step as one CUDA graph: 4.0 ms/token,
+81% of the card's copy bandwidth. Prompts (T > 1) keep the array-function
+path and cuBLAS matrix products.
 
 ``Kernels.ops`` gives the operations in the signatures of ``model.OPS``; each
 falls back to the generic operation where its kernel does not apply, so a
-model runs the same code on any device.
+model runs the same code on any device. ``python -m lumi.gpucheck`` checks
+every kernel against the operation it replaces, on a GPU.
 """
 
 from __future__ import annotations

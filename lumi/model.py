@@ -219,8 +219,10 @@ def _matrix(device: Device, source: Device, dtype: str, *arrays):
         w = stack_on_device([convert_on_device(a, dtype, source.xp) for a in arrays], source.xp)
         if device is source:
             return w
-        return source.to_host(w) if dtype == "fp32" else w.to_host(source) if device.host_memory else \
-            DeviceMatrix.upload(w.to_host(source), device)
+        if dtype == "fp32":
+            return device.to_device(source.to_host(w))
+        host = w.to_host(source)  # a HalfMatrix or BlockQ8 of the stored bytes
+        return host if device.host_memory else DeviceMatrix.upload(host, device)
     w = resident(to_storage(stack_rows(list(arrays)), dtype))
     for a in arrays:  # copied out: the file's pages need not stay in this process's resident set
         release(a)
@@ -289,17 +291,19 @@ class Model:
                     device=dev,
                 )
             )
-
         self.eps = F32(c.norm_eps)
         self.ops = SimpleNamespace(**OPS)  # the operations of the layers on the host (and of prompts everywhere)
         if kernels == "numba":
             self.ops.matmul = fused_linear
-        # the operations of one-token steps on each device: its fused kernels where it has them, which
-        # read the position from the device (``cuda.Position``)
+        # the operations of one-token steps on each device: a GPU's fused kernels, which read the position
+        # from the device (``cuda.Position``); the host's own; the generic ones elsewhere
         self.positions = {dev: Position(dev, dev.kernels) for dev in set(self.placement) if dev.kernels}
-        self.step_ops = {dev: SimpleNamespace(**dev.kernels.ops(OPS, self.positions[dev])) if dev in self.positions
-                         else self.ops if dev.host_memory else SimpleNamespace(**OPS)
-                         for dev in {self.head, *self.placement}}
+        self.step_ops = {}
+        for dev in {self.head, *self.placement}:
+            if dev in self.positions:
+                self.step_ops[dev] = SimpleNamespace(**dev.kernels.ops(OPS, self.positions[dev]))
+            else:
+                self.step_ops[dev] = self.ops if dev.host_memory else SimpleNamespace(**OPS)
         # a greedy step of a model wholly on one GPU replays as a CUDA graph (``cuda.StepGraph``)
         self.cuda_graphs = (cuda_graphs and self.head in self.positions and set(self.placement) == {self.head}
                             and getattr(self.head.kernels, "graphs", False))
