@@ -325,8 +325,7 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
 
             speed["kernels"] = _launches(dev, step, 4)
         bytes_per_token = model.decode_weight_bytes()
-        mode = "array-functions" if dev.kernels is None else "graph" if model.cuda_graphs else "eager"
-        rows.append({"dtype": dtype, "mode": mode, "graph_error": model.graph_error, **speed,
+        rows.append({"dtype": dtype, "mode": model.gpu_step(), "graph_error": model.graph_error, **speed,
                      "decode_tokens_per_s": 1 / speed["decode_s_per_token"], "weight_bytes_per_token": bytes_per_token,
                      "fraction_of_copy_bandwidth": bytes_per_token / speed["decode_s_per_token"] / copy,
                      "paths": model.widening_paths()})

@@ -355,6 +355,15 @@ class Model:
         arrays.pop("tok_embeddings")
         return sum(a.nbytes for a in arrays.values()) + self.output.nbytes * (self.output is self.tok_embeddings)
 
+    def gpu_step(self) -> str | None:
+        """What this model's one-token steps ran on a GPU: "cuda-graph", "lumi-kernels" (launched one by one),
+        "array-functions" (a device without lumi's kernels), or None when no layer is on one."""
+        if all(d.host_memory for d in (self.head, *self.placement)):
+            return None
+        if self._graph is not None and self._graph.graph is not None:
+            return "cuda-graph"
+        return "lumi-kernels" if self.positions else "array-functions"
+
     # -- entry points --------------------------------------------------------
 
     def forward(self, tokens, start_pos: int):

@@ -107,6 +107,8 @@ def test_a_cupy_config_runs_each_gpu_layers_point_on_the_device(tmp_path, monkey
     assert all(r["backend"] == "cupy" and r["device_copy_bytes_per_s"] == 1e12 for r in results)
     assert results[2]["widening"]["w13"] == "bf16-device"
     assert all(r["weights_made_on"] == "device" for r in results)  # synthetic weights drawn on the device
+    # the stand-in has no kernels of lumi's: its steps compose array functions; all on the CPU, no GPU step
+    assert [r["gpu_step"] for r in results] == [None, "array-functions", "array-functions"]
 
 
 def test_bench_json_has_the_promised_fields(tmp_path, capsys):
