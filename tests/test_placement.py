@@ -150,43 +150,6 @@ def test_weights_made_on_a_device_convert_there_as_on_the_host():
             assert np.array_equal(model.forward(tokens, 0), expected), (dtype, gpu_layers)
 
 
-def test_a_decode_step_on_a_device_with_kernels_is_ten_launches_a_layer():
-    """Every operation of a one-token step reaches its kernel; the logits stay the CPU's.
-
-    Positions come from the device's copy, which a step advances there: steady
-    decoding sends no position up, and a jump sends one."""
-    import dataclasses
-
-    from fake_device import ReferenceKernels
-
-    config = PRESETS["stories260K"]
-    weights = synthetic_weights(config, seed=3)
-    kernels = ReferenceKernels()
-    fused = dataclasses.replace(FAKE, kernels=kernels)
-    for dtype in ("fp32", "fp16", "bf16", "int8"):
-        expected = Model(config, weights, dtype=dtype)
-        model = Model(config, weights, dtype=dtype, device=fused, gpu_layers=-1)
-        assert model.gpu_step() == "lumi-kernels" and not model.cuda_graphs  # the stand-in cannot capture
-        expected.prefill(np.array([1, 2], dtype=np.int32))
-        kernels.launches.clear()
-        model.prefill(np.array([1, 2], dtype=np.int32))
-        assert kernels.launches == {"gemv": 1}  # a prompt runs the generic operations; its last row's classifier a kernel
-        position = model.positions[fused]
-        for pos in (2, 3, 4):
-            kernels.launches.clear()
-            COPIES.clear()
-            np.testing.assert_allclose(model.decode(7, pos), expected.decode(7, pos), atol=1e-4)
-            n = config.n_layers
-            # per layer: 2 norms, 4 products (the residual adds inside), rope, the cache store, attention, SwiGLU:
-            # ten; then the final norm, the classifier, and the position's step
-            assert kernels.launches == {"gemv": 4 * n + 1, "rmsnorm": 2 * n + 1, "rope": n, "store": n, "attend": n,
-                                        "swiglu": n, "advance": 1}, dtype
-            assert COPIES["h2d"] == 1 and position.host == pos + 1 and int(position.buffer[0]) == pos + 1
-        COPIES.clear()
-        model.decode(7, 2)  # a jump back: the position goes up once
-        assert COPIES["h2d"] == 2 and int(position.buffer[0]) == 3
-
-
 def test_nvtx_ranges_mark_each_layer_when_asked_and_cost_nothing_when_not():
     import dataclasses
     import types

@@ -1,0 +1,133 @@
+"""lumi's CUDA kernels emulated in NumPy, behind CuPy's launch interface, on the stand-in device.
+
+Each emulation reads its arguments the way the kernel does (the same order,
+the same scalar types, positions from device memory, strides as the kernel
+computes them) and writes the same outputs. So ``cuda.Kernels``' host side
+(launch plans, argument lists, the fallbacks, ``Position``) runs for real on
+the CPU; what only a GPU can check (the CUDA C itself) is gpucheck's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import ml_dtypes
+import numpy as np
+from fake_device import FAKE, DeviceArray
+
+from lumi.cuda import SOURCE, Kernels
+
+LAUNCHES: list = []  # (kernel name, grid, block) of every launch
+
+
+def _ptr(self):
+    return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+
+DeviceArray.data = property(_ptr)  # CuPy's ndarray.data.ptr: the address the alignment checks read
+
+
+def _host(a):
+    return a.view(np.ndarray) if isinstance(a, np.ndarray) else a
+
+
+def _gemv(storage):
+    def run(W, S, x, y, rows, cols, nblocks, accumulate, vec):
+        assert all(type(v) is np.int32 for v in (rows, cols, nblocks, accumulate, vec))
+        W, S, x, y = map(_host, (W, S, x, y))
+        if storage == "bf16":
+            w = (W.astype(np.uint32) << 16).view(np.float32)
+        elif storage == "int8":
+            w = (W.reshape(rows, nblocks, -1).astype(np.float32) * S[:, :, None]).reshape(rows, cols)
+        else:
+            w = W.astype(np.float32)
+        assert w.shape == (rows, cols) and x.size == cols and y.size == rows
+        out = w @ x.reshape(cols)
+        y.reshape(rows)[...] = out + y.reshape(rows) if accumulate else out
+
+    return run
+
+
+def _rmsnorm(x, w, y, d, inv_d, eps):
+    x, w, y = map(_host, (x, w, y))
+    assert type(inv_d) is np.float32 and type(eps) is np.float32
+    s = (x * x).sum(axis=-1, keepdims=True) * inv_d + eps
+    y[...] = x * (w / np.sqrt(s))
+
+
+def _rope(x, cos, sin, pos, n, hd, interleaved):
+    x, cos, sin, pos = map(_host, (x, cos, sin, pos))
+    p, half = int(pos[0]), hd // 2
+    heads = x.reshape(n, hd)
+    a = np.arange(half) * 2 if interleaved else np.arange(half)
+    b = a + 1 if interleaved else a + half
+    x1, x2 = heads[:, a].copy(), heads[:, b].copy()
+    c, s = cos[p], sin[p]
+    heads[:, a] = x1 * c - x2 * s
+    heads[:, b] = x2 * c + x1 * s
+
+
+def _store_kv(kv, cache, pos, heads, S, hd):
+    kv, cache, pos = map(_host, (kv, cache, pos))
+    cache.reshape(heads, S, hd)[:, int(pos[0])] = kv.reshape(heads, hd)
+
+
+def _advance(pos):
+    _host(pos)[0] += 1
+
+
+def _attend(q, k, v, out, pos, hd, g, S, head_stride, scale, vec):
+    q, k, v, out, pos = map(_host, (q, k, v, out, pos))
+    assert head_stride == k.strides[0] // 4 and type(head_stride) is np.int64
+    L = int(pos[0]) + 1
+    H = q.size // hd
+    qh = q.reshape(H, hd)
+    for h in range(H):
+        scores = k[h // g, :L] @ qh[h] * scale
+        p = np.exp(scores - scores.max())
+        out.reshape(H, hd)[h] = p @ v[h // g, :L] / p.sum()
+
+
+EMULATIONS = {"rmsnorm": _rmsnorm, "rope": _rope, "store_kv": _store_kv, "advance": _advance, "attend": _attend,
+              **{f"gemv_{s}_r{r}": _gemv(s) for s in ("fp32", "fp16", "bf16", "int8") for r in (1, 2, 4)}}
+
+
+class _Function:
+    def __init__(self, name):
+        assert f" {name}(" in SOURCE or f"({name}," in SOURCE, f"no kernel {name} in cuda.SOURCE"
+        self.name = name
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        LAUNCHES.append((self.name, grid, block))
+        EMULATIONS[self.name](*args)
+
+
+class _RawModule:
+    def __init__(self, code, options=()):
+        assert code == SOURCE
+
+    def get_function(self, name):
+        return _Function(name)
+
+
+def _elementwise(in_params, out_params, operation, name):
+    assert name == "lumi_swiglu"
+
+    def run(g, u):
+        LAUNCHES.append((name, None, None))
+        g, u = _host(g), _host(u)
+        return ((np.tanh(np.float32(0.5) * g) + np.float32(1)) * g * u * np.float32(0.5)).view(DeviceArray)
+
+    return run
+
+
+def _xp():
+    xp = types.SimpleNamespace(**vars(FAKE.xp))
+    xp.ndarray, xp.RawModule, xp.ElementwiseKernel = DeviceArray, _RawModule, _elementwise
+    return xp
+
+
+XP = _xp()
+CUDA_FAKE = dataclasses.replace(FAKE, name="fake-cuda", xp=XP, kernels=Kernels(XP))
+BF16 = np.dtype(ml_dtypes.bfloat16)

@@ -1,0 +1,93 @@
+"""cuda.Kernels' host side on the CPU: launch plans, arguments, fallbacks and positions, against NumPy emulations.
+
+The CUDA C itself needs a GPU (``python -m lumi.gpucheck`` checks every kernel
+there); this checks everything around it that does not.
+"""
+
+import numpy as np
+import pytest
+from fake_cuda import CUDA_FAKE, LAUNCHES, XP
+from fake_device import COPIES, DeviceArray
+
+from lumi.config import PRESETS
+from lumi.cuda import WARPS, Kernels, rows_per_warp
+from lumi.formats.synthetic import synthetic_weights
+from lumi.model import Model
+from lumi.weights import convert_on_device
+
+
+def put(a):
+    return np.ascontiguousarray(a, dtype=np.float32).view(DeviceArray)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("shape", [(4096, 256), (11, 96), (64, 172), (9000, 64)])
+def test_gemv_plans_its_launch_and_passes_its_arguments(dtype, shape):
+    rows, cols = shape
+    rng = np.random.default_rng(0)
+    w = convert_on_device(put(rng.standard_normal(shape)), dtype, XP)
+    x, residual = put(rng.standard_normal((1, cols))), put(rng.standard_normal((1, rows)))
+    k = Kernels(XP)
+    want = x @ (w.rows(slice(None)) if dtype != "fp32" else w).T
+    LAUNCHES.clear()
+    np.testing.assert_allclose(k.gemv(x, w), want, rtol=1e-5, atol=1e-5)
+    expect = residual + want
+    assert k.gemv(x, w, residual) is residual
+    np.testing.assert_allclose(residual, expect, rtol=1e-5, atol=1e-5)
+    (name, grid, block), _ = LAUNCHES
+    r = rows_per_warp(dtype, rows)
+    assert name == f"gemv_{dtype}_r{r}" and block == (32 * WARPS,)
+    assert grid[0] * WARPS * r >= rows > (grid[0] - 1) * WARPS * r  # every row, no idle block
+
+
+def test_gemv_declines_what_it_cannot_take():
+    k = Kernels(XP)
+    w = put(np.ones((8, 16)))
+    assert k.gemv(put(np.ones((2, 16))), w) is None  # two tokens: the prompt path's
+    assert k.gemv(put(np.ones((1, 16))), np.ones((8, 16), dtype=np.float32)) is None  # not a device array
+    assert k.gemv(put(np.ones((1, 16))), w, residual=put(np.ones((1, 9)))) is None  # residual of the wrong width
+
+
+def test_misaligned_vectors_take_the_scalar_path():
+    k = Kernels(XP)
+    w = put(np.ones((8, 64)))
+    plan = k._plan(w)
+    assert plan[5]  # rows and x aligned: 16-byte loads
+    x = put(np.ones(65))[1:].reshape(1, 64)  # 4 bytes off a 16-byte boundary
+    seen = []
+    real = plan[0]
+    plan = (lambda grid, block, args: (seen.append(args[-1]), real(grid, block, args)), *plan[1:])
+    k.gemv(x, w, plans={id(w): (w, plan)})
+    assert seen == [0]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8"])
+def test_a_model_on_the_emulated_gpu_decodes_as_the_cpu_in_ten_launches_a_layer(dtype):
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config, seed=4)
+    expected = Model(config, weights, dtype=dtype)
+    model = Model(config, weights, dtype=dtype, device=CUDA_FAKE, gpu_layers=-1, cuda_graphs=False)
+    assert model.gpu_step() == "lumi-kernels"
+    prompt = np.array([1, 7, 9], dtype=np.int32)
+    np.testing.assert_allclose(model.prefill(prompt), expected.prefill(prompt), atol=1e-4)
+    for pos, token in enumerate([11, 13, 17], start=3):
+        LAUNCHES.clear()
+        COPIES.clear()
+        np.testing.assert_allclose(model.decode(token, pos), expected.decode(token, pos), atol=1e-4)
+        names = [name for name, _, _ in LAUNCHES]
+        n = config.n_layers
+        # per layer: 2 norms, 4 products (residual adds inside), rope, the cache store, attention, SwiGLU;
+        # then the final norm, the classifier and the position's step. (The token's gather and the argmax
+        # are CuPy's, outside these.)
+        assert len(names) == 10 * n + 3
+        assert names.count("store_kv") == n and names.count("attend") == n and names.count("advance") == 1
+        assert COPIES["h2d"] == 1  # the token; the position moved on on the device
+    COPIES.clear()
+    model.decode(5, 1)  # a jump back: the position goes up once (with the token), then moves on on the device
+    assert COPIES["h2d"] == 2 and int(model.positions[CUDA_FAKE].buffer[0]) == 2
+
+
+def test_attention_falls_back_beyond_shared_memory():
+    k = Kernels(XP)
+    q, cache = put(np.ones((1, 2, 8))), put(np.ones((2, 1, 20000, 8)))
+    assert k.attend(q, cache[0], cache[1], put(np.zeros(1)).astype(np.int32)) is None
