@@ -30,6 +30,7 @@ every kernel against the operation it replaces, on a GPU.
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -376,6 +377,10 @@ class Position:
         self.kernels.advance(self.buffer)
         self.host += 1
 
+    def forget(self) -> None:
+        """The device's copy is no longer known (a capture that failed part way): the next step sends it up."""
+        self.host = None
+
 
 class Kernels:
     """The kernels for one array module (CuPy), compiled once, on first use."""
@@ -586,7 +591,8 @@ class StepGraph:
     """
 
     def __init__(self, model):
-        self.model, self.device = model, model.head
+        self._model = weakref.ref(model)  # the model owns this graph: no cycle keeps its device memory alive
+        self.device = model.head
         cp = self.device.xp
         self.stream = cp.cuda.Stream()  # a blocking stream: ordered after the default stream's work (prompts)
         self.pool = cp.cuda.MemoryPool()
@@ -594,6 +600,10 @@ class StepGraph:
         self.token_host = None  # what self.token holds, as far as the host knows
         self.graph = None
         self.warm = False
+
+    @property
+    def model(self):
+        return self._model()
 
     def _step(self, pos: int) -> None:
         logits = self.model._last_logits(self.token, pos, tokens_on_device=True)

@@ -83,7 +83,7 @@ def _counting(device: Device, counts: Counter) -> Device:
 
 
 def _free(device: Device) -> None:
-    gc.collect()  # a model and its step graph refer to each other
+    gc.collect()  # whatever a dropped model left in reference cycles
     if not device.host_memory and hasattr(device.xp, "get_default_memory_pool"):
         device.xp.get_default_memory_pool().free_all_blocks()
 

@@ -393,9 +393,12 @@ class Model:
             except Exception as error:
                 if not self._graph.warm or self._graph.graph is not None:
                     raise
-                # the capture failed (it runs nothing on the device): carry on without graphs, and say so
+                # the capture failed: carry on without graphs, and say so. It ran nothing on the device, but
+                # the position is sent up again rather than trusted.
                 log.warning("CUDA graph capture failed, decoding without graphs: %s", error)
                 self.cuda_graphs, self._graph, self.graph_error = False, None, f"{type(error).__name__}: {error}"
+                for position in self.positions.values():
+                    position.forget()
         logits = self._last_logits(tokens, start_pos)
         return int(self.head.to_host(choose(logits, sampling, rng, self.head.xp)))
 

@@ -91,3 +91,53 @@ def test_attention_falls_back_beyond_shared_memory():
     k = Kernels(XP)
     q, cache = put(np.ones((1, 2, 8))), put(np.ones((2, 1, 20000, 8)))
     assert k.attend(q, cache[0], cache[1], put(np.zeros(1)).astype(np.int32)) is None
+
+
+def test_the_step_graph_runs_its_first_step_eagerly_and_falls_back_when_capture_fails(monkeypatch):
+    """``StepGraph`` on the emulated GPU: the first greedy step runs eagerly on the graph's own stream and pool;
+    the stand-in cannot capture, so the second one falls back to plain steps, says why, and gives the same ids."""
+    import contextlib
+    import types
+
+    from lumi.sampler import SamplingParams
+
+    entered = []
+
+    class Stream:
+        def __enter__(self):
+            entered.append("stream")
+
+        def __exit__(self, *exc):
+            pass
+
+        def begin_capture(self):
+            pass
+
+        def end_capture(self):
+            raise RuntimeError("the stand-in cannot capture a graph")
+
+    pool = types.SimpleNamespace(malloc=object())
+    monkeypatch.setattr(XP, "cuda", types.SimpleNamespace(
+        Stream=Stream, MemoryPool=lambda: pool,
+        using_allocator=lambda malloc: (entered.append("pool") if malloc is pool.malloc else None)
+        or contextlib.nullcontext()), raising=False)
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config, seed=5)
+    model, expected = Model(config, weights, device=CUDA_FAKE, gpu_layers=-1), Model(config, weights)
+    assert model.cuda_graphs
+    rng, greedy = np.random.default_rng(0), SamplingParams()
+    prompt = [1, 40, 80]
+    ids = [model.next_token(prompt, 0, greedy, rng)]
+    want = [expected.next_token(prompt, 0, greedy, rng)]
+    assert model._graph is None  # a prompt runs as usual
+    COPIES.clear()
+    ids.append(model.next_token([ids[-1]], 3, greedy, rng))
+    assert model._graph.warm and model._graph.graph is None and entered == ["pool", "stream"]
+    # up: the graph's token buffer (made once) and the token written into it; down: the chosen id, 4 bytes
+    assert COPIES["h2d"] == 2 and COPIES["d2h"] == 1 and COPIES["d2h_bytes"] == 4
+    for pos in range(4, 8):
+        ids.append(model.next_token([ids[-1]], pos, greedy, rng))
+    assert not model.cuda_graphs and "cannot capture" in model.graph_error
+    for pos in range(3, 8):
+        want.append(expected.next_token([want[-1]], pos, greedy, rng))
+    assert ids == want
