@@ -345,6 +345,7 @@ def rows_per_warp(storage: str, rows: int) -> int:
         return 2
     return 1
 
+
 ATTEND_THREADS = 256
 MAX_SHARED_BYTES = 48 << 10  # the attention kernel keeps a context's scores in shared memory; longer ones fall back
 I32 = np.int32
@@ -560,8 +561,8 @@ class Ranges:
         self.nvtx = nvtx
 
     @contextmanager
-    def __call__(self, name: str):
-        self.nvtx.RangePush(name)
+    def __call__(self, label: str, value):
+        self.nvtx.RangePush(f"{label} {value}")
         try:
             yield
         finally:
@@ -572,9 +573,10 @@ NO_RANGE = nullcontext()
 
 
 def ranges(device, enabled: bool):
-    """A ``name -> context manager`` marking NVTX ranges on ``device``'s profiler timeline; a no-op elsewhere."""
+    """A ``(label, value) -> context manager`` marking NVTX ranges on ``device``'s profiler timeline; a no-op
+    elsewhere. The name is formatted only when ranges are on: nothing is built per layer and token otherwise."""
     nvtx = getattr(getattr(device.xp, "cuda", None), "nvtx", None)
-    return Ranges(nvtx) if enabled and nvtx is not None else lambda name: NO_RANGE
+    return Ranges(nvtx) if enabled and nvtx is not None else lambda label, value: NO_RANGE
 
 
 class StepGraph:
@@ -611,7 +613,7 @@ class StepGraph:
 
     def run(self, token: int, pos: int) -> int:
         cp, position = self.device.xp, self.model.positions[self.device]
-        with cp.cuda.using_allocator(self.pool.malloc), self.stream, self.model._range(f"graph step {pos}"):
+        with cp.cuda.using_allocator(self.pool.malloc), self.stream, self.model._range("graph step at", pos):
             if token != self.token_host:
                 self.token[...] = self.device.to_device(np.array([token], dtype=np.int32))
             position.at(pos)

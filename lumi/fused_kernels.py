@@ -15,7 +15,7 @@ finds it again: closures were compiled afresh in every process (about 1 s each).
 
 from __future__ import annotations
 
-import numba
+import numba  # noqa: F401  (fused.py reads numba.get_num_threads through this module)
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types

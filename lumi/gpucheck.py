@@ -235,6 +235,17 @@ def _launches(device: Device, step, n: int) -> dict | None:
             "gpu_us_by_name_per_step": {name[:60]: us / n for name, us in micros.most_common(40)}}
 
 
+class _Steps:
+    """Greedy decode steps as a generation takes them: each chosen token fed back at the next position."""
+
+    def __init__(self, model: Model, pos: int, token: int):
+        self.model, self.pos, self.token = model, pos, token
+
+    def __call__(self) -> None:
+        self.token = self.model.next_token([self.token], self.pos, SamplingParams(), None)
+        self.pos += 1
+
+
 def transfers(device: Device, preset: str) -> dict:
     """Copies across the boundary per generation step, with every other synchronisation forbidden; GPU launches."""
     counts: Counter = Counter()
@@ -244,13 +255,7 @@ def transfers(device: Device, preset: str) -> dict:
         model = Model(config, weights, max_seq_len=64, device=_counting(device, counts), gpu_layers=gpu_layers,
                       cuda_graphs=graphs)
         model.prefill(np.array([1, 2, 3], dtype=np.int32), 0)
-        counts.clear()
-        steps, rng, state = 8, np.random.default_rng(0), {"pos": 3, "token": 5}
-
-        def step():  # as a generation steps: the token is chosen where the logits are, and fed back
-            state["token"] = model.next_token([state["token"]], state["pos"], SamplingParams(), rng)
-            state["pos"] += 1
-
+        steps, step = 8, _Steps(model, pos=3, token=5)
         step()  # the first step may send the position up once, and builds the graph
         counts.clear()
         try:
@@ -275,20 +280,19 @@ def transfers(device: Device, preset: str) -> dict:
 
 def decode_speed(model: Model, device: Device, steps: int, warmup: int = 2) -> dict:
     """Median host seconds per greedy decode step (the token chosen on the device), and by CUDA events on a GPU."""
-    rng, params = np.random.default_rng(0), SamplingParams()
     events = not device.host_memory and hasattr(device.xp, "cuda")
     host, gpu = [], []
     with model.decoding():
-        token = model.next_token([1], 0, params, rng)
-        for pos in range(1, 1 + warmup + steps):
+        step = _Steps(model, pos=1, token=model.next_token([1], 0, SamplingParams(), None))
+        for i in range(warmup + steps):
             sync(device)
             if events:
                 start, end = device.xp.cuda.Event(), device.xp.cuda.Event()
                 start.record()
             t0 = time.perf_counter()
-            token = model.next_token([token], pos, params, rng)
+            step()
             t1 = time.perf_counter()
-            if pos > warmup:
+            if i >= warmup:
                 host.append(t1 - t0)
                 if events:
                     end.record()
@@ -300,11 +304,6 @@ def decode_speed(model: Model, device: Device, steps: int, warmup: int = 2) -> d
     return result
 
 
-def _weights(config, device: Device):
-    """Synthetic weights made on the device itself (CuPy's generator), one tensor at a time."""
-    return DeviceWeights(config, device)
-
-
 def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_bytes: int) -> dict:
     copy = copy_bandwidth(device, copy_bytes)
     config = PRESETS[preset]
@@ -313,17 +312,11 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
     if device.kernels is not None:  # the same step launched eagerly, and composed from CuPy's array functions
         runs += [(dtypes[0], device, False), (dtypes[0], dataclasses.replace(device, kernels=None), False)]
     for dtype, dev, graphs in runs:
-        model = Model(config, _weights(config, dev), max_seq_len=64, dtype=dtype, device=dev, gpu_layers=-1,
+        model = Model(config, DeviceWeights(config, dev), max_seq_len=64, dtype=dtype, device=dev, gpu_layers=-1,
                       cuda_graphs=graphs)
         speed = decode_speed(model, dev, steps if dev.kernels is not None else max(3, steps // 4))
         if not rows and not dev.host_memory:  # where the first run's step spends its GPU time, by kernel
-            state = {"pos": 2 + 2 + steps, "token": 7}
-
-            def step():
-                state["token"] = model.next_token([state["token"]], state["pos"], SamplingParams(), None)
-                state["pos"] += 1
-
-            speed["kernels"] = _launches(dev, step, 4)
+            speed["kernels"] = _launches(dev, _Steps(model, pos=1 + 2 + steps, token=7), 4)
         bytes_per_token = model.decode_weight_bytes()
         rows.append({"dtype": dtype, "mode": model.gpu_step(), "graph_error": model.graph_error, **speed,
                      "decode_tokens_per_s": 1 / speed["decode_s_per_token"], "weight_bytes_per_token": bytes_per_token,
@@ -364,7 +357,7 @@ def offload(device: Device, preset: str, dtypes: list[str], steps: int, pool_byt
 
     def run(dtype, gpu_layers):
         try:
-            model = Model(config, _weights(config, device), max_seq_len=64, dtype=dtype, device=device,
+            model = Model(config, DeviceWeights(config, device), max_seq_len=64, dtype=dtype, device=device,
                           gpu_layers=gpu_layers, kernels=host_kernels)
             row = {"dtype": dtype, "gpu_layers": gpu_layers}
             row.update(decode_speed(model, device, steps, warmup=1))

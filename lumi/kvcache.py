@@ -21,14 +21,6 @@ class KVCache:
         self.max_seq_len = max_seq_len
         self.kv = [xp.zeros(shape, dtype=np.float32) for xp in xps]
 
-    @property
-    def k(self):
-        return [kv[0] for kv in self.kv]
-
-    @property
-    def v(self):
-        return [kv[1] for kv in self.kv]
-
     def update(self, layer: int, start_pos: int, kv):
         """Store kv (T, 2, n_kv_heads, head_dim), keys then values, at positions [start_pos, start_pos + T).
 

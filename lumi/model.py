@@ -251,9 +251,11 @@ class Model:
         missing = sorted(set(expected) - set(weights))
         if missing:
             raise LumiError(f"weights missing: {', '.join(missing[:5])}")
+        # a mapping that draws its tensors when asked (``synthetic.DeviceWeights``) gives their shapes undrawn
+        shapes = getattr(weights, "shapes", None) or {name: tuple(weights[name].shape) for name in expected}
         for name, shape in expected.items():
-            if tuple(weights[name].shape) != shape:
-                raise LumiError(f"weight {name} has shape {tuple(weights[name].shape)}, config needs {shape}")
+            if tuple(shapes[name]) != shape:
+                raise LumiError(f"weight {name} has shape {tuple(shapes[name])}, config needs {shape}")
         if dtype not in STORAGE_DTYPES:
             raise UsageError("--dtype", f"must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
         fused.check_kernels(kernels)
@@ -446,7 +448,7 @@ class Model:
 
     def _last_logits(self, tokens, start_pos: int, tokens_on_device: bool = False):
         """Logits (V,) of the last of tokens, on the head's device: the classifier runs on that position only."""
-        with self._range(f"{'step' if len(tokens) == 1 else 'prompt'} at {start_pos}"):
+        with self._range("step at" if len(tokens) == 1 else "prompt at", start_pos):
             x = self._hidden(tokens, start_pos, tokens_on_device)
             return self._ops(self.head, 1).matmul(x[-1:], self.output)[0]
 
@@ -463,7 +465,7 @@ class Model:
         here = self.head  # where x lives: activations cross a device boundary once per boundary per step
         x = self.ops.embed(self.tok_embeddings, tokens if tokens_on_device else here.to_device(tokens))  # (T, d)
         for i, layer in enumerate(self.layers):
-            with self._range(f"layer {i}"):
+            with self._range("layer", i):
                 dev, xp = layer.device, layer.device.xp
                 ops = self._ops(dev, T)
                 if dev is not here:

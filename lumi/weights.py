@@ -251,7 +251,7 @@ def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
 # ----------------------------------------------------------------------------
 # 16-bit and int8 matrices on a device (CuPy)
 
-DEVICE_BLOCK_BYTES = 64 << 20  # float32 bytes widened per block on a device: few launches, a bounded temporary
+DEVICE_BLOCK_BYTES = 64 << 20  # float32 bytes widened or converted per block on a device: a bounded temporary
 
 
 class DeviceMatrix:
@@ -296,9 +296,6 @@ class DeviceMatrix:
         return self.a[index].astype(xp.float32)
 
 
-CONVERT_BLOCK_BYTES = 64 << 20  # float32 bytes converted at a time on a device: a bounded temporary
-
-
 def convert_on_device(w, dtype: str, xp):
     """A float32 matrix on a device in the storage ``dtype``, converted there: an array (fp32) or a DeviceMatrix.
 
@@ -314,7 +311,7 @@ def convert_on_device(w, dtype: str, xp):
     n_blocks = cols // QK if cols % QK == 0 else 1
     out = xp.empty((rows, cols), dtype={"fp16": xp.float16, "bf16": xp.uint16, "int8": xp.int8}[dtype])
     scales = xp.empty((rows, n_blocks), dtype=xp.float32) if dtype == "int8" else None
-    step = max(1, CONVERT_BLOCK_BYTES // (4 * cols))
+    step = max(1, DEVICE_BLOCK_BYTES // (4 * cols))
     for r0 in range(0, rows, step):
         part = w[r0 : r0 + step]
         if dtype == "fp16":
@@ -342,7 +339,6 @@ def device_matmul_t(x, w: DeviceMatrix):
         b1 = min(b0 + block, rows)
         out[:, b0:b1] = x @ w.rows(slice(b0, b1)).T
     return out
-
 
 
 def stack_on_device(parts: list, xp):

@@ -41,9 +41,9 @@ def test_logits_match_the_cpu_for_every_placement(gpu_layers):
     on = [layer.device is FAKE for layer in model.layers]
     assert on == [gpu_layers == -1 or i < gpu_layers for i in range(config.n_layers)]
     assert (model.head is FAKE) == (gpu_layers == -1)
-    for layer, cache_k in zip(model.layers, model.cache.k):  # weights and KV cache on the layer's device
+    for layer, cache_kv in zip(model.layers, model.cache.kv):  # weights and KV cache on the layer's device
         assert isinstance(layer.wqkv, DeviceArray) == (layer.device is FAKE)
-        assert isinstance(cache_k, DeviceArray) == (layer.device is FAKE)
+        assert isinstance(cache_kv, DeviceArray) == (layer.device is FAKE)
     logits = model.forward(tokens, 0)
     assert type(logits) is np.ndarray  # logits come back to the host
     assert np.abs(logits - expected).max() < 1e-5
@@ -173,5 +173,25 @@ def test_nvtx_ranges_mark_each_layer_when_asked_and_cost_nothing_when_not():
     assert recorder.events == []  # off unless asked for (LUMI_NVTX=1, or nvtx=True)
     Model(config, weights, device=device, gpu_layers=-1, nvtx=True).decode(1, 0)
     pushes = [e[1] for e in recorder.events if e[0] == "push"]
-    assert pushes == ["step at 0"] + [f"layer {i}" for i in range(config.n_layers)]
+    assert pushes == ["step at 0"] + [f"layer {i}" for i in range(config.n_layers)]  # formatted only when on
     assert [e[0] for e in recorder.events] == ["push"] + ["push", "pop"] * config.n_layers + ["pop"]
+
+
+def test_the_model_checks_a_drawing_mapping_by_its_shapes_without_drawing():
+    from lumi.formats.synthetic import DeviceWeights
+
+    class Counting(DeviceWeights):
+        drawn = 0
+
+        def __getitem__(self, name):
+            Counting.drawn += 1
+            return super().__getitem__(name)
+
+    config = PRESETS["stories260K"]
+    weights = Counting(config, FAKE)
+    Model(config, weights, device=FAKE, gpu_layers=-1)
+    assert Counting.drawn == len(config.tensor_shapes())  # each tensor once, for the model itself
+    wrong = Counting(config, FAKE)
+    wrong.shapes = {**wrong.shapes, "norm": (7,)}
+    with pytest.raises(lumi.LumiError, match=r"weight norm has shape \(7,\)"):
+        Model(config, wrong, device=FAKE, gpu_layers=-1)

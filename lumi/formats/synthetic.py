@@ -79,6 +79,12 @@ def _std(config: ModelConfig, name: str) -> float:
     raise KeyError(name)
 
 
+def _norm_value(config: ModelConfig, name: str) -> np.float32:
+    """A norm weight's constant: 1, but a tied classifier's final norm sets the logits' spread
+    (logits = norm(x) . embedding rows)."""
+    return np.float32(LOGIT_STD / EMBED_RMS if name == "norm" and config.tie_embeddings else 1)
+
+
 def _host_generator(seed: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, index])))
 
@@ -120,9 +126,7 @@ def _draw(weights: dict[str, np.ndarray], config: ModelConfig, seed: int) -> Non
     jobs = []
     for index, (name, a) in enumerate(weights.items()):
         if name.endswith("norm"):
-            a[...] = 1
-            if name == "norm" and config.tie_embeddings:  # logits = norm(x) . embedding rows
-                a *= np.float32(LOGIT_STD / EMBED_RMS)
+            a[...] = _norm_value(config, name)
         else:
             jobs.append((seed, index, a, _std(config, name)))
     jobs.sort(key=lambda job: -job[2].size)  # largest first keeps the workers evenly loaded
@@ -212,8 +216,7 @@ class DeviceWeights(Mapping):
     def __getitem__(self, name: str):
         shape, xp = self.shapes[name], self.device.xp
         if name.endswith("norm"):
-            scale = LOGIT_STD / EMBED_RMS if name == "norm" and self.config.tie_embeddings else 1.0
-            return xp.full(shape, np.float32(scale), dtype=np.float32)
+            return xp.full(shape, _norm_value(self.config, name), dtype=np.float32)
         index = self.index[name]
         if hasattr(xp, "cuda"):  # CuPy: drawn on the GPU itself
             a = xp.random.RandomState(self.seed * 1_000_003 + index).random_sample(shape, dtype=np.float32)
