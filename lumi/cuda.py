@@ -19,7 +19,8 @@ attention, wo (+ residual), norm, w13, swiglu, w2 (+ residual): 5.9 ms/token.
 Positions live in device memory (``Position``), so no launch depends on one,
 and ``StepGraph`` replays a whole greedy step as one CUDA graph: 4.0 ms/token,
 81% of the card's copy bandwidth. Prompts (T > 1) keep the array-function
-path and cuBLAS matrix products.
+path, with cuBLAS for the products: 16-bit weights through GemmEx (half-precision
+inputs, float32 accumulation; ``Kernels.gemm``), float32 through sgemm.
 
 ``Kernels.ops`` gives the operations in the signatures of ``model.OPS``; each
 falls back to the generic operation where its kernel does not apply, so a
@@ -355,6 +356,13 @@ def rows_per_warp(storage: str, rows: int) -> int:
     return 1
 
 
+# cuBLAS's C enums (library_types.h, cublas_api.h): stable parts of its ABI
+OP_N, OP_T = 0, 1
+CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
+COMPUTE_32F = 68  # float32 accumulation, whatever the inputs
+GEMM_DEFAULT = -1
+POINTER_MODE_HOST = 0
+
 ATTEND_THREADS = 256
 MAX_SHARED_BYTES = 48 << 10  # the attention kernel keeps a context's scores in shared memory; longer ones fall back
 I32 = np.int32
@@ -397,12 +405,14 @@ class Kernels:
 
     graphs = True  # a step made of these kernels can be captured into a CUDA graph (``StepGraph``)
 
-    def __init__(self, cupy, rows_per_warp: int | None = None):
+    def __init__(self, cupy, rows_per_warp: int | None = None, gemm: bool = True):
         self.cp = cupy
         self.rows_per_warp = rows_per_warp  # None: ``rows_per_warp``'s choice per product; 1, 2 or 4 forces one
+        self.use_gemm = gemm  # prompts' 16-bit products through cuBLAS GemmEx (False: widened blocks and sgemm)
         self._module = None
         self._functions = {}
-        self._swiglu = None
+        self._swiglu = self._to_bf16 = None
+        self._scalars = {v: np.array([v], dtype=np.float32) for v in (0.0, 1.0)}  # GemmEx's alpha and beta
 
     def _fn(self, name: str):
         fn = self._functions.get(name)
@@ -460,6 +470,50 @@ class Kernels:
             return None
         vec = I32(vec and x.data.ptr % 16 == 0)
         fn(grid, block, (a, x if scales is None else scales, x, y, *after, I32(residual is not None), vec))
+        return y
+
+    def gemm(self, x, w, residual=None):
+        """x (T, in) @ w.T (+ residual, in place) for a 16-bit ``DeviceMatrix``: cuBLAS GemmEx; None if unsupported.
+
+        x is rounded to w's 16-bit type (as a half-precision layer in PyTorch
+        does), the product runs on the tensor cores with float32 accumulation,
+        and the result is float32, added into ``residual`` by GemmEx's beta.
+        The weight is read once in its stored width: no widened block exists.
+        """
+        from .weights import DeviceMatrix
+
+        if not (self.use_gemm and isinstance(w, DeviceMatrix) and w.storage in ("fp16", "bf16")):
+            return None
+        if not (x.ndim == 2 and x.dtype == np.float32 and x.flags.c_contiguous and x.shape[1] == w.shape[1]):
+            return None
+        cp, (T, cols), rows = self.cp, x.shape, w.shape[0]
+        if residual is None:
+            y, beta = cp.empty((T, rows), dtype=np.float32), self._scalars[0.0]
+        elif residual.shape == (T, rows) and residual.dtype == np.float32 and residual.flags.c_contiguous:
+            y, beta = residual, self._scalars[1.0]
+        else:
+            return None
+        if w.storage == "fp16":
+            kind, xh = CUDA_R_16F, x.astype(cp.float16)
+        else:
+            if self._to_bf16 is None:  # round to nearest even, as weights.convert_on_device and ml_dtypes do
+                self._to_bf16 = cp.ElementwiseKernel(
+                    "float32 x", "uint16 y",
+                    "unsigned int b = __float_as_uint(x); y = (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16)",
+                    "lumi_to_bf16")
+            kind, xh = CUDA_R_16BF, self._to_bf16(x)
+        # Row-major y (T, rows) = x W^T is column-major y^T (rows, T) = op(A) B, with A the row-major W read
+        # column-major (W^T, so op = transpose, lda = cols) and B the row-major x read column-major (x^T).
+        cublas = cp.cuda.cublas
+        handle = cp.cuda.device.get_cublas_handle()
+        mode = cublas.getPointerMode(handle)
+        cublas.setPointerMode(handle, POINTER_MODE_HOST)  # alpha and beta are host floats
+        try:
+            cublas.gemmEx(handle, OP_T, OP_N, rows, T, cols, self._scalars[1.0].ctypes.data, w.a.data.ptr, kind,
+                          cols, xh.data.ptr, kind, cols, beta.ctypes.data, y.data.ptr, CUDA_R_32F, rows,
+                          COMPUTE_32F, GEMM_DEFAULT)
+        finally:
+            cublas.setPointerMode(handle, mode)
         return y
 
     def rmsnorm(self, x, w, eps):
@@ -556,6 +610,17 @@ class Kernels:
 
         return {**generic, "matmul": fused_matmul, "norm": fused_norm, "rope": fused_rope, "cache": fused_cache,
                 "attention": fused_attention, "activation": fused_activation}
+
+
+    def prompt_ops(self, generic: dict) -> dict:
+        """``model.OPS`` for prompts (T > 1): 16-bit products through cuBLAS GemmEx, the rest the generic ones."""
+        linear = generic["matmul"]
+
+        def gemm_matmul(x, w, residual=None):
+            y = self.gemm(x, w, residual)
+            return y if y is not None else linear(x, w, residual)
+
+        return {**generic, "matmul": gemm_matmul}
 
 
 class Ranges:

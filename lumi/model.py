@@ -294,16 +294,17 @@ class Model:
                 )
             )
         self.eps = F32(c.norm_eps)
-        self.ops = SimpleNamespace(**OPS)  # the operations of the layers on the host (and of prompts everywhere)
+        self.ops = SimpleNamespace(**OPS)  # the operations of the layers on the host (and of prompts without a GPU's kernels)
         if kernels == "numba":
             self.ops.matmul = fused_linear
         # the operations of one-token steps on each device: a GPU's fused kernels, which read the position
         # from the device (``cuda.Position``); the host's own; the generic ones elsewhere
         self.positions = {dev: Position(dev, dev.kernels) for dev in set(self.placement) if dev.kernels}
-        self.step_ops = {}
+        self.step_ops, self.prompt_ops = {}, {}  # prompts: a GPU's cuBLAS GemmEx for 16-bit products
         for dev in {self.head, *self.placement}:
             if dev in self.positions:
                 self.step_ops[dev] = SimpleNamespace(**dev.kernels.ops(OPS, self.positions[dev]))
+                self.prompt_ops[dev] = SimpleNamespace(**dev.kernels.prompt_ops(OPS))
             else:
                 self.step_ops[dev] = self.ops if dev.host_memory else SimpleNamespace(**OPS)
         # a greedy step of a model wholly on one GPU replays as a CUDA graph (``cuda.StepGraph``)
@@ -371,7 +372,7 @@ class Model:
     def forward(self, tokens, start_pos: int):
         """Logits (T, V) float32 for every position of tokens (T,) placed at start_pos.."""
         x = self._hidden(tokens, start_pos)
-        return self.head.to_host(self.ops.matmul(x, self.output))
+        return self.head.to_host(self._ops(self.head, len(x)).matmul(x, self.output))
 
     def prefill(self, tokens, start_pos: int = 0):
         """Run a prompt at once (matrix-matrix products); logits (V,) of its last position only."""
@@ -444,7 +445,7 @@ class Model:
             raise LumiError(f"token id {bad} is out of range for a vocabulary of {self.config.vocab_size}")
 
     def _ops(self, device: Device, T: int) -> SimpleNamespace:
-        return self.step_ops[device] if T == 1 else self.ops
+        return self.step_ops[device] if T == 1 else self.prompt_ops.get(device, self.ops)
 
     def _last_logits(self, tokens, start_pos: int, tokens_on_device: bool = False):
         """Logits (V,) of the last of tokens, on the head's device: the classifier runs on that position only."""

@@ -9,6 +9,7 @@ the CPU; what only a GPU can check (the CUDA C itself) is gpucheck's.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import types
 
@@ -111,20 +112,69 @@ class _RawModule:
         return _Function(name)
 
 
-def _elementwise(in_params, out_params, operation, name):
-    assert name == "lumi_swiglu"
+def _swiglu(g, u):
+    return (np.tanh(np.float32(0.5) * g) + np.float32(1)) * g * u * np.float32(0.5)
 
-    def run(g, u):
+
+def _to_bf16(x):
+    bits = x.view(np.uint32)
+    return ((bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
+
+
+ELEMENTWISE = {"lumi_swiglu": _swiglu, "lumi_to_bf16": _to_bf16}
+
+
+def _elementwise(in_params, out_params, operation, name):
+    def run(*args):
         LAUNCHES.append((name, None, None))
-        g, u = _host(g), _host(u)
-        return ((np.tanh(np.float32(0.5) * g) + np.float32(1)) * g * u * np.float32(0.5)).view(DeviceArray)
+        return ELEMENTWISE[name](*map(_host, args)).view(DeviceArray)
 
     return run
 
 
+# cuBLAS GemmEx, emulated from the raw addresses and leading dimensions it is given (column-major, as cuBLAS
+# reads them), so a wrong transpose, dimension or stride in ``Kernels.gemm`` shows here as a wrong product.
+CUBLAS = {"mode": 1, "calls": []}  # pointer mode 1 (device) to start with: gemm must set host mode itself
+_TYPES = {0: np.float32, 2: np.float16, 14: np.uint16}
+
+
+def _column_major(ptr, dtype, ld, rows, cols):
+    itemsize = np.dtype(dtype).itemsize
+    n = ld * (cols - 1) + rows
+    memory = (ctypes.c_char * (n * itemsize)).from_address(ptr)
+    return np.ndarray((rows, cols), dtype, buffer=memory, strides=(itemsize, ld * itemsize))
+
+
+def _wide(a, kind):
+    return (a.astype(np.uint32) << 16).view(np.float32) if kind == 14 else a.astype(np.float32)
+
+
+def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc, compute,
+             algo):
+    assert CUBLAS["mode"] == 0 and Ctype == 0 and compute == 68 and Atype == Btype
+    CUBLAS["calls"].append((transa, transb, m, n, k))
+    a = _column_major(A, _TYPES[Atype], lda, *((k, m) if transa else (m, k)))
+    b = _column_major(B, _TYPES[Btype], ldb, *((n, k) if transb else (k, n)))
+    a, b = _wide(a.T if transa else a, Atype), _wide(b.T if transb else b, Btype)
+    scalar = lambda p: np.frombuffer((ctypes.c_char * 4).from_address(p), dtype=np.float32)[0]  # noqa: E731
+    c = _column_major(C, np.float32, ldc, m, n)
+    beta = scalar(beta)
+    c[...] = scalar(alpha) * (a @ b) + (beta * c if beta else 0)  # beta 0: C is not read (it may hold NaN)
+
+
+def _set_mode(handle, mode):
+    CUBLAS["mode"] = mode
+
+
+CUDA = types.SimpleNamespace(
+    cublas=types.SimpleNamespace(gemmEx=_gemm_ex, getPointerMode=lambda handle: CUBLAS["mode"],
+                                 setPointerMode=_set_mode),
+    device=types.SimpleNamespace(get_cublas_handle=lambda: 1))
+
+
 def _xp():
     xp = types.SimpleNamespace(**vars(FAKE.xp))
-    xp.ndarray, xp.RawModule, xp.ElementwiseKernel = DeviceArray, _RawModule, _elementwise
+    xp.ndarray, xp.RawModule, xp.ElementwiseKernel, xp.cuda = DeviceArray, _RawModule, _elementwise, CUDA
     return xp
 
 

@@ -4,14 +4,20 @@ The CUDA C itself needs a GPU (``python -m lumi.gpucheck`` checks every kernel
 there); this checks everything around it that does not.
 """
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
-from fake_cuda import CUDA_FAKE, LAUNCHES, XP
+from conftest import asset
+from fake_cuda import CUBLAS, CUDA_FAKE, LAUNCHES, XP
 from fake_device import COPIES, DeviceArray
 
 from lumi.config import PRESETS
 from lumi.cuda import WARPS, Kernels, rows_per_warp
+from lumi.formats import load_checkpoint
 from lumi.formats.synthetic import synthetic_weights
+from lumi.generate import generate
 from lumi.model import Model
 from lumi.weights import convert_on_device
 
@@ -61,12 +67,70 @@ def test_misaligned_vectors_take_the_scalar_path():
     assert seen == [0]
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(5, 64, 96), (3, 96, 11), (128, 256, 512)])
+def test_gemm_passes_cublas_its_arguments(dtype, shape):
+    """GemmEx, emulated from raw addresses as cuBLAS reads them (column-major): x rounded to the weight's type."""
+    T, cols, rows = shape
+    rng = np.random.default_rng(1)
+    w = convert_on_device(put(rng.standard_normal((rows, cols))), dtype, XP)
+    x, residual = put(rng.standard_normal((T, cols))), put(rng.standard_normal((T, rows)))
+    rounded = x.astype(np.float16).astype(np.float32) if dtype == "fp16" else convert_on_device(x, "bf16", XP).rows(
+        slice(None))
+    want = rounded @ w.rows(slice(None)).T
+    k = Kernels(XP)
+    CUBLAS["calls"].clear()
+    np.testing.assert_allclose(k.gemm(x, w), want, rtol=1e-5, atol=1e-4)
+    expect = residual + want
+    assert k.gemm(x, w, residual) is residual  # beta = 1: added in place
+    np.testing.assert_allclose(residual, expect, rtol=1e-5, atol=1e-4)
+    assert CUBLAS["calls"] == [(1, 0, rows, T, cols)] * 2 and CUBLAS["mode"] == 1  # the caller's pointer mode back
+
+
+def test_gemm_declines_what_it_cannot_take():
+    rng = np.random.default_rng(2)
+    w = put(rng.standard_normal((8, 32)))
+    x = put(rng.standard_normal((4, 32)))
+    half = convert_on_device(w, "fp16", XP)
+    assert Kernels(XP).gemm(x, w) is None  # float32 weights: sgemm's, as before
+    assert Kernels(XP).gemm(x, convert_on_device(w, "int8", XP)) is None  # int8: widened blocks
+    assert Kernels(XP, gemm=False).gemm(x, half) is None
+    assert Kernels(XP).gemm(put(rng.standard_normal((4, 64)))[:, ::2], half) is None  # not contiguous
+    assert Kernels(XP).gemm(x, half, residual=put(np.ones((4, 9)))) is None
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_a_prompt_through_gemm_moves_logits_no_more_than_16_bit_storage_does(dtype):
+    """Rounding a prompt's activations to the weights' 16-bit type (GemmEx's inputs) moves the logits by the
+    same order as storing the weights in 16 bits at all: within twice that on a random model."""
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config, seed=4)
+    prompt = np.array([1, 7, 9, 30, 2], dtype=np.int32)
+    fp32, host = Model(config, weights).prefill(prompt), Model(config, weights, dtype=dtype).prefill(prompt)
+    CUBLAS["calls"].clear()
+    model = Model(config, weights, dtype=dtype, device=CUDA_FAKE, gpu_layers=-1, cuda_graphs=False)
+    got = model.prefill(prompt)
+    assert len(CUBLAS["calls"]) == 4 * config.n_layers  # the classifier's one row is the GEMV kernel's
+    assert np.abs(got - host).max() <= 2 * np.abs(host - fp32).max()
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_16_bit_ids_through_gemm_prompts_match_fp32_on_stories260K(assets, dtype):
+    golden = json.loads(asset(assets, "golden/stories260K_greedy.json").read_text())["generated_ids"]
+    config, weights = load_checkpoint(asset(assets, "models/stories260K.bin"))
+    model = Model(config, weights, dtype=dtype, device=CUDA_FAKE, gpu_layers=-1, cuda_graphs=False)
+    prompt = [1, *golden[:8]]  # nine tokens: a prompt's products through GemmEx
+    assert generate(model, prompt, 24, ignore_eos=True).run().generated_ids == golden[8:32]
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8"])
 def test_a_model_on_the_emulated_gpu_decodes_as_the_cpu_in_ten_launches_a_layer(dtype):
     config = PRESETS["stories260K"]
     weights = synthetic_weights(config, seed=4)
     expected = Model(config, weights, dtype=dtype)
-    model = Model(config, weights, dtype=dtype, device=CUDA_FAKE, gpu_layers=-1, cuda_graphs=False)
+    # prompts widen as the host does (GemmEx rounds x to 16 bits: tested above), so the logits agree to fp32's order
+    device = dataclasses.replace(CUDA_FAKE, kernels=Kernels(XP, gemm=False))
+    model = Model(config, weights, dtype=dtype, device=device, gpu_layers=-1, cuda_graphs=False)
     assert model.gpu_step() == "lumi-kernels"
     prompt = np.array([1, 7, 9], dtype=np.int32)
     np.testing.assert_allclose(model.prefill(prompt), expected.prefill(prompt), atol=1e-4)
@@ -84,7 +148,7 @@ def test_a_model_on_the_emulated_gpu_decodes_as_the_cpu_in_ten_launches_a_layer(
         assert COPIES["h2d"] == 1  # the token; the position moved on on the device
     COPIES.clear()
     model.decode(5, 1)  # a jump back: the position goes up once (with the token), then moves on on the device
-    assert COPIES["h2d"] == 2 and int(model.positions[CUDA_FAKE].buffer[0]) == 2
+    assert COPIES["h2d"] == 2 and int(model.positions[device].buffer[0]) == 2
 
 
 def test_attention_falls_back_beyond_shared_memory():
