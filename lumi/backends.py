@@ -23,6 +23,7 @@ class Device:
     to_host: Callable  # array on this device -> host ndarray
     host_memory: bool = False  # its arrays are NumPy arrays in host memory (the CPU, or a stand-in for tests)
     kernels: object = None  # fused kernels for a one-token step on this device (``cuda.Kernels``), or None
+    staging: object = None  # page-locked buffers for activations crossing to and from the host (``cuda.Staging``)
 
 
 CPU = Device("cpu", np, np.asarray, np.asarray, host_memory=True)
@@ -45,10 +46,19 @@ def cupy_device(fused: bool = True) -> Device:
         raise UsageError("--backend", f"cupy: CuPy is installed but CUDA is not usable ({error})") from None
     if count == 0:
         raise UsageError("--backend", "cupy: CuPy is installed but no CUDA GPU is visible")
-    from .cuda import Kernels
+    from .cuda import Kernels, Staging
 
     return Device(f"cuda:{cupy.cuda.runtime.getDevice()}", cupy, cupy.asarray, cupy.asnumpy,
-                  kernels=Kernels(cupy) if fused else None)
+                  kernels=Kernels(cupy) if fused else None, staging=Staging(cupy))
+
+
+def cross(x, source: Device, target: Device):
+    """An activation (T, d) from source's memory to target's: at most one copy down and one up, through a GPU's
+    page-locked staging buffers where it has them (the copy up then runs asynchronously)."""
+    host = x if source.host_memory else source.staging.down(x) if source.staging else source.to_host(x)
+    if target.host_memory:
+        return host
+    return target.staging.up(host) if target.staging else target.to_device(host)
 
 
 def get_device(backend: str) -> Device:

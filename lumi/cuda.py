@@ -623,6 +623,51 @@ class Kernels:
         return {**generic, "matmul": gemm_matmul}
 
 
+class Staging:
+    """Page-locked host buffers for the activations that cross a GPU's boundary (partial offload), one each way.
+
+    A copy from pageable memory goes through the driver's own bounce buffer
+    and blocks the host; from page-locked memory it is one DMA. So an
+    activation going up is copied into the up buffer and sent asynchronously
+    on the current stream: the host goes on to launch the layer's kernels
+    while it travels. One coming down lands in the down buffer, which the
+    caller may use (and modify) until the next copy down. Each buffer grows
+    to the largest activation seen (a prompt's) and is reused after that.
+    """
+
+    def __init__(self, cupy):
+        self.cp = cupy
+        self._up = self._down = None  # (uint8 view of page-locked memory, the memory)
+        self._sent = None  # event after the last copy up: its buffer is not rewritten before that copy is done
+
+    def _buffer(self, held, shape, dtype):
+        n = math.prod(shape) * np.dtype(dtype).itemsize
+        if held is None or held[0].size < n:
+            memory = self.cp.cuda.alloc_pinned_memory(max(n, 1))
+            held = (np.frombuffer(memory, dtype=np.uint8, count=max(n, 1)), memory)
+        return held, held[0][:n].view(dtype).reshape(shape)
+
+    def up(self, host: np.ndarray):
+        """A host activation on the device, sent asynchronously from the up buffer."""
+        if self._sent is not None:
+            self._sent.synchronize()  # normally long done: a step's copy down waited for everything before it
+        self._up, staged = self._buffer(self._up, host.shape, host.dtype)
+        np.copyto(staged, host)
+        stream = self.cp.cuda.get_current_stream()
+        device = self.cp.empty(host.shape, dtype=host.dtype)
+        device.set(staged, stream=stream)
+        self._sent = stream.record()
+        return device
+
+    def down(self, x) -> np.ndarray:
+        """A device activation in the down buffer (valid until the next copy down), once its stream has made it."""
+        self._down, staged = self._buffer(self._down, x.shape, x.dtype)
+        stream = self.cp.cuda.get_current_stream()
+        x.get(stream=stream, out=staged)
+        stream.synchronize()
+        return staged
+
+
 class Ranges:
     """NVTX ranges (``cupy.cuda.nvtx``) around each step and layer, for Nsight Systems and other profilers.
 

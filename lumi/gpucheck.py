@@ -42,6 +42,7 @@ import time
 import traceback
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -57,9 +58,14 @@ from .sampler import SamplingParams
 from .weights import QK
 
 
+def _cupy(device: Device) -> bool:
+    """Whether device is a real GPU through CuPy (not the CPU, nor a stand-in for tests)."""
+    return not device.host_memory and getattr(device.xp, "__name__", None) == "cupy"
+
+
 def _syncs(device: Device, allowed: bool):
     """On CuPy, a scope in which any device-to-host synchronisation raises unless ``allowed``; elsewhere a no-op."""
-    if device.host_memory or not hasattr(device.xp, "cuda"):
+    if not _cupy(device):
         return contextlib.nullcontext()
     import cupyx
 
@@ -79,7 +85,21 @@ def _counting(device: Device, counts: Counter) -> Device:
         with _syncs(device, True):
             return device.to_host(a)
 
-    return dataclasses.replace(device, to_device=up, to_host=down)
+    staging = None
+    if device.staging is not None:  # activations crossing at a partial offload go through page-locked buffers
+        def staged_up(a):
+            counts["h2d"] += 1
+            with _syncs(device, True):  # it may wait for the previous copy up out of the same buffer
+                return device.staging.up(a)
+
+        def staged_down(a):
+            counts["d2h"] += 1
+            counts["d2h_bytes"] += a.nbytes
+            with _syncs(device, True):
+                return device.staging.down(a)
+
+        staging = SimpleNamespace(up=staged_up, down=staged_down)
+    return dataclasses.replace(device, to_device=up, to_host=down, staging=staging)
 
 
 def _free(device: Device) -> None:
@@ -269,7 +289,7 @@ def transfers(device: Device, preset: str) -> dict:
                "h2d_per_step": counts["h2d"] / steps,
                "d2h_per_step": counts["d2h"] / steps, "d2h_bytes_per_step": counts["d2h_bytes"] / steps,
                "hidden_sync": hidden}
-        if gpu_layers == -1 and not device.host_memory:
+        if gpu_layers == -1 and _cupy(device):
             launches = _launches(device, step, steps)
             if launches:
                 launches["per_layer_approx"] = launches["per_step"] / config.n_layers

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import fused
-from .backends import CPU, Device, placement
+from .backends import CPU, Device, cross, placement
 from .cuda import Position, ranges
 from .config import ModelConfig
 from .errors import LumiError, UsageError
@@ -470,8 +470,7 @@ class Model:
                 dev, xp = layer.device, layer.device.xp
                 ops = self._ops(dev, T)
                 if dev is not here:
-                    x = dev.to_device(here.to_host(x))
-                    here = dev
+                    x, here = cross(x, here, dev), dev
                 h = ops.norm(x, layer.attention_norm, self.eps, xp)
                 qkv = ops.matmul(h, layer.wqkv)  # (T, d + 2 kv_dim)
                 if layer.bqkv is not None:
@@ -487,5 +486,5 @@ class Model:
         for position in self.positions.values():  # the device copies move on with the step (a prompt: set once)
             position.advance() if T == 1 else position.at(start_pos + T)
         if here is not self.head:
-            x = self.head.to_device(here.to_host(x))
+            x = cross(x, here, self.head)
         return self._ops(self.head, T).norm(x, self.norm, self.eps, self.head.xp)

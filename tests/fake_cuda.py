@@ -9,15 +9,16 @@ the CPU; what only a GPU can check (the CUDA C itself) is gpucheck's.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import types
 
 import ml_dtypes
 import numpy as np
-from fake_device import FAKE, DeviceArray
+from fake_device import COPIES, FAKE, DeviceArray
 
-from lumi.cuda import SOURCE, Kernels
+from lumi.cuda import SOURCE, Kernels, Staging
 
 LAUNCHES: list = []  # (kernel name, grid, block) of every launch
 
@@ -166,10 +167,61 @@ def _set_mode(handle, mode):
     CUBLAS["mode"] = mode
 
 
+# Page-locked memory and asynchronous copies (``cuda.Staging``): host memory, and copies counted as the stand-in
+# device's ``to_device`` and ``to_host`` count theirs. ``PINNED`` lists the sizes allocated.
+PINNED: list = []
+
+
+def _alloc_pinned(n):
+    PINNED.append(n)
+    return bytearray(n)
+
+
+def _set(self, host, stream=None):
+    assert type(host) is np.ndarray and host.shape == self.shape and host.dtype == self.dtype
+    COPIES["h2d"] += 1
+    self.view(np.ndarray)[...] = host
+
+
+def _get(self, stream=None, out=None):
+    assert type(out) is np.ndarray and out.shape == self.shape and out.dtype == self.dtype
+    COPIES["d2h"] += 1
+    COPIES["d2h_bytes"] += self.nbytes
+    out[...] = self.view(np.ndarray)
+    return out
+
+
+DeviceArray.set, DeviceArray.get = _set, _get
+
+
+class _Stream:
+    """A stream that runs everything at once, and cannot capture a graph (``StepGraph`` falls back)."""
+
+    def record(self):
+        return types.SimpleNamespace(synchronize=lambda: None)
+
+    def synchronize(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def begin_capture(self):
+        pass
+
+    def end_capture(self):
+        raise RuntimeError("the stand-in cannot capture a graph")
+
+
 CUDA = types.SimpleNamespace(
     cublas=types.SimpleNamespace(gemmEx=_gemm_ex, getPointerMode=lambda handle: CUBLAS["mode"],
                                  setPointerMode=_set_mode),
-    device=types.SimpleNamespace(get_cublas_handle=lambda: 1))
+    device=types.SimpleNamespace(get_cublas_handle=lambda: 1),
+    alloc_pinned_memory=_alloc_pinned, get_current_stream=_Stream, Stream=_Stream,
+    MemoryPool=lambda: types.SimpleNamespace(malloc=None), using_allocator=lambda malloc: contextlib.nullcontext())
 
 
 def _xp():
@@ -179,5 +231,5 @@ def _xp():
 
 
 XP = _xp()
-CUDA_FAKE = dataclasses.replace(FAKE, name="fake-cuda", xp=XP, kernels=Kernels(XP))
+CUDA_FAKE = dataclasses.replace(FAKE, name="fake-cuda", xp=XP, kernels=Kernels(XP), staging=Staging(XP))
 BF16 = np.dtype(ml_dtypes.bfloat16)

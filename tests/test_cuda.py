@@ -205,3 +205,37 @@ def test_the_step_graph_runs_its_first_step_eagerly_and_falls_back_when_capture_
     for pos in range(3, 8):
         want.append(expected.next_token([want[-1]], pos, greedy, rng))
     assert ids == want
+
+
+def test_staging_reuses_its_page_locked_buffers_and_grows_them_for_a_prompt():
+    from fake_cuda import PINNED
+
+    from lumi.cuda import Staging
+
+    staging, rng = Staging(XP), np.random.default_rng(3)
+    PINNED.clear()
+    for T in (1, 5, 1, 5, 3):
+        x = rng.standard_normal((T, 64), dtype=np.float32)
+        on_device = staging.up(x)
+        assert isinstance(on_device, DeviceArray) and np.array_equal(on_device.view(np.ndarray), x)
+        back = staging.down(on_device)
+        assert type(back) is np.ndarray and np.array_equal(back, x)
+    assert PINNED == [4 * 64, 4 * 64, 5 * 4 * 64, 5 * 4 * 64]  # each way: a step's, then a prompt's, then reused
+
+
+def test_a_partial_offload_on_the_emulated_gpu_crosses_through_the_staging_buffers():
+    from fake_cuda import PINNED
+
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config, seed=6)
+    expected = Model(config, weights)
+    model = Model(config, weights, device=CUDA_FAKE, gpu_layers=2)
+    prompt = np.array([1, 7, 9], dtype=np.int32)
+    np.testing.assert_allclose(model.prefill(prompt), expected.prefill(prompt), atol=1e-4)
+    PINNED.clear()
+    for pos, token in enumerate([11, 13], start=3):
+        COPIES.clear()
+        np.testing.assert_allclose(model.decode(token, pos), expected.decode(token, pos), atol=1e-4)
+        # the (1, d) activation up once and down once; the host's layers and head take it from there
+        assert (COPIES["h2d"], COPIES["d2h"], COPIES["d2h_bytes"]) == (1, 1, 4 * config.dim)
+    assert PINNED == []  # the prompt's buffers serve the steps

@@ -18,10 +18,10 @@ def test_gpucheck_dry_run_on_the_cpu(tmp_path):
         assert sections["golden"]["ok"] is True
     else:
         assert "error" in sections["golden"]
-    # the counting wrapper is a device of its own, so the CPU dry run crosses a (host) boundary too
-    # partial offload brings the (1, d) activation down; all on the device only the chosen id: 4 bytes
+    # the counting wrapper is a device of its own, but in host memory: a partial offload copies nothing; all on
+    # the "device", the token goes up and only the chosen id comes down: 4 bytes
     rows = sections["transfers"]["rows"]
-    assert [(r["h2d_per_step"], r["d2h_per_step"]) for r in rows] == [(0, 0), (1, 1), (1, 1), (1, 1)]
+    assert [(r["h2d_per_step"], r["d2h_per_step"]) for r in rows] == [(0, 0), (0, 0), (1, 1), (1, 1)]
     assert rows[2]["d2h_bytes_per_step"] == rows[3]["d2h_bytes_per_step"] == 4
     assert not any(r["cuda_graph"] for r in rows)  # no graphs on the CPU
     bandwidth = sections["bandwidth"]
@@ -45,3 +45,19 @@ def test_the_kernel_checks_pass_on_the_emulated_gpu():
     assert section["ok"] and len(section["rows"]) > 30
     assert {r["kernel"].split()[0] for r in section["rows"]} == {"gemv", "gemv+residual", "rmsnorm", "rope", "store_kv",
                                                                   "advance", "attend", "swiglu"}
+
+
+def test_transfers_on_the_emulated_gpu():
+    """The ``transfers`` section against the emulated GPU: a partial offload sends the (1, d) activation up and
+    brings it down once a step, through the page-locked buffers; all on the device, the token up and 4 bytes down."""
+    from fake_cuda import CUDA_FAKE
+
+    from lumi.gpucheck import transfers
+
+    rows = transfers(CUDA_FAKE, "stories260K")["rows"]
+    assert [(r["gpu_layers"], r["h2d_per_step"], r["d2h_per_step"]) for r in rows[:3]] == [
+        (0, 0, 0), (2, 1, 1), (-1, 1, 1)]
+    # the stand-in cannot capture a graph: that step falls back, and sends its position up once more (9 in 8 steps)
+    assert "cannot capture" in rows[3]["graph_error"] and rows[3]["h2d_per_step"] == 9 / 8
+    assert rows[1]["d2h_bytes_per_step"] == 4 * 64 and rows[2]["d2h_bytes_per_step"] == 4
+    assert not any(r["hidden_sync"] for r in rows)
