@@ -17,9 +17,11 @@ fails:
 - bandwidth: device-to-device copy bandwidth, then decode sec/token (host
   clock and CUDA events) of a big synthetic shape with everything on the GPU,
   per storage dtype, and the fraction of that bandwidth it reaches; once more
-  with the step composed from CuPy's array functions, for comparison;
+  with the step composed from CuPy's array functions, for comparison; and a
+  128-token prompt's speed (16-bit: through GemmEx, and widened for sgemm);
 - offload: decode sec/token as a function of gpu_layers and dtype under a
-  memory-pool limit that emulates a 12 GiB card, up to the most that fit.
+  memory-pool limit that emulates a 12 GiB card, up to the most that fit; and
+  an activation's round trip across the boundary, pageable against staged.
 
 The big shapes' weights are drawn on the GPU itself (``synthetic.DeviceWeights``).
 
@@ -163,6 +165,24 @@ def kernels(device: Device) -> dict:
             OPS["attention"](q, keys, values, L - 1, xp))
     gu = put(1, 2 * 11008)
     row("swiglu 11008", k.swiglu(gu, 11008), OPS["activation"](gu, 11008, xp))
+    for T, out_dim, in_dim in ((128, 4096, 4096), (9, 11, 96), (3, 101, 64)):  # prompts' 16-bit products (GemmEx)
+        x, w32 = put(T, in_dim), put(out_dim, in_dim) / np.float32(math.sqrt(in_dim))
+        for dtype in ("fp16", "bf16"):
+            w = convert_on_device(w32, dtype, xp)
+            rounded = convert_on_device(x, dtype, xp).rows(slice(None))  # x as GemmEx reads it: in w's type
+            want = OPS["matmul"](rounded, w)
+            got = k.gemm(x, w)
+            row(f"gemm {dtype} {T}x{in_dim}->{out_dim}", got if got is not None else want + np.float32(1), want)
+            residual = put(T, out_dim)
+            expect = residual + want
+            got = k.gemm(x, w, residual)
+            row(f"gemm+residual {dtype} {T}x{in_dim}->{out_dim}", got if got is not None else expect + 1, expect)
+    if device.staging is not None:  # activations through the page-locked buffers, up and back, a prompt's then a step's
+        for T in (128, 1):
+            a = rng.standard_normal((T, 4096), dtype=np.float32)
+            up = device.staging.up(a)
+            back = device.staging.down(up * np.float32(2))
+            rows.append({"kernel": f"staging {T}x4096", "ok": bool(np.array_equal(back, 2 * a))})
     return {"rows": rows, "ok": all(r["ok"] for r in rows)}
 
 
@@ -227,8 +247,15 @@ def golden(device: Device, assets: Path) -> dict:
     for dtype in ("fp16", "bf16"):  # 16-bit weights held 16-bit on the device: the first 32 ids must equal fp32's
         model = Model(config, weights, dtype=dtype, device=device, gpu_layers=-1)
         got = generate(model, [1], 32, ignore_eos=True).run().generated_ids
+        # a nine-token prompt (its products through cuBLAS GemmEx, x rounded to 16 bits), then decoding on
+        model.reset()
+        prompted = generate(model, [1, *ids[:8]], 24, ignore_eos=True).run().generated_ids
+        model.reset()
+        host = Model(config, weights, dtype=dtype)  # the same storage on the host: x stays float32 in its products
+        diff = float(np.abs(model.forward(inputs, 0) - host.forward(inputs, 0)).max())
         rows.append({"gpu_layers": -1, "dtype": dtype, "first_32_ids_equal_golden": got == ids[:32],
-                     "ok": got == ids[:32]})
+                     "ids_after_9_token_prompt_equal_golden": prompted == ids[8:32],
+                     "max_prompt_logit_diff_vs_cpu_same_dtype": diff, "ok": got == ids[:32] and prompted == ids[8:32]})
     return {"rows": rows, "ok": all(r["ok"] for r in rows)}
 
 
@@ -324,7 +351,21 @@ def decode_speed(model: Model, device: Device, steps: int, warmup: int = 2) -> d
     return result
 
 
-def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_bytes: int) -> dict:
+def prefill_speed(model: Model, device: Device, tokens: int, repeats: int = 3) -> dict:
+    """Median prompt tokens per second for a prompt of ``tokens`` at position 0 (after one unmeasured run)."""
+    prompt = (np.arange(tokens, dtype=np.int32) * 7 + 1) % model.config.vocab_size
+    times = []
+    for i in range(repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        model.prefill(prompt, 0)  # its logits come down: the prompt is done when it returns
+        if i:
+            times.append(time.perf_counter() - t0)
+    return {"prefill_tokens": tokens, "prefill_tokens_per_s": tokens / statistics.median(times)}
+
+
+def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_bytes: int,
+              prompt_tokens: int = 128) -> dict:
     copy = copy_bandwidth(device, copy_bytes)
     config = PRESETS[preset]
     rows = []
@@ -332,11 +373,20 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
     if device.kernels is not None:  # the same step launched eagerly, and composed from CuPy's array functions
         runs += [(dtypes[0], device, False), (dtypes[0], dataclasses.replace(device, kernels=None), False)]
     for dtype, dev, graphs in runs:
-        model = Model(config, DeviceWeights(config, dev), max_seq_len=64, dtype=dtype, device=dev, gpu_layers=-1,
-                      cuda_graphs=graphs)
+        model = Model(config, DeviceWeights(config, dev), max_seq_len=prompt_tokens + 64, dtype=dtype, device=dev,
+                      gpu_layers=-1, cuda_graphs=graphs)
         speed = decode_speed(model, dev, steps if dev.kernels is not None else max(3, steps // 4))
-        if not rows and not dev.host_memory:  # where the first run's step spends its GPU time, by kernel
+        if not rows and _cupy(dev):  # where the first run's step spends its GPU time, by kernel
             speed["kernels"] = _launches(dev, _Steps(model, pos=1 + 2 + steps, token=7), 4)
+        if graphs:  # a prompt's speed; 16-bit weights through GemmEx, and through widened blocks and sgemm
+            speed.update(prefill_speed(model, dev, prompt_tokens))
+            if dev.kernels is not None and dtype in ("fp16", "bf16"):
+                dev.kernels.use_gemm = False
+                try:
+                    speed["prefill_tokens_per_s_widened"] = prefill_speed(model, dev, prompt_tokens)[
+                        "prefill_tokens_per_s"]
+                finally:
+                    dev.kernels.use_gemm = True
         bytes_per_token = model.decode_weight_bytes()
         rows.append({"dtype": dtype, "mode": model.gpu_step(), "graph_error": model.graph_error, **speed,
                      "decode_tokens_per_s": 1 / speed["decode_s_per_token"], "weight_bytes_per_token": bytes_per_token,
@@ -364,6 +414,29 @@ def _numba_runs() -> bool:
 def _layer_bytes(config, dtype: str) -> int:
     per = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1 + 4 / QK}[dtype]
     return int(sum(math.prod(s) for n, s in config.tensor_shapes().items() if n.startswith("layers.0.")) * per)
+
+
+def crossing_speed(device: Device, dim: int, repeats: int = 50) -> list[dict]:
+    """Median microseconds for an activation (T, dim) to go up and come back down: from pageable host memory
+    (CuPy's plain copies) and through the page-locked staging buffers that a partial offload uses."""
+    if device.staging is None:
+        return []
+    rows = []
+    for T in (1, 128):
+        a = np.random.default_rng(T).standard_normal((T, dim), dtype=np.float32)
+        ways = {"pageable": lambda: device.to_host(device.to_device(a)),
+                "staged": lambda: device.staging.down(device.staging.up(a))}
+        row = {"tokens": T, "bytes": a.nbytes}
+        for way, trip in ways.items():
+            times = []
+            for i in range(repeats + 3):
+                t0 = time.perf_counter()
+                trip()
+                if i >= 3:
+                    times.append(time.perf_counter() - t0)
+            row[f"{way}_round_trip_us"] = statistics.median(times) * 1e6
+        rows.append(row)
+    return rows
 
 
 def offload(device: Device, preset: str, dtypes: list[str], steps: int, pool_bytes: int | None) -> dict:
@@ -405,7 +478,8 @@ def offload(device: Device, preset: str, dtypes: list[str], steps: int, pool_byt
             rows.append(row)
     if pool_bytes and pool is not None:
         pool.set_limit(size=0)
-    return {"preset": preset, "pool_limit_bytes": pool_bytes, "host_kernels": host_kernels, "rows": rows}
+    return {"preset": preset, "pool_limit_bytes": pool_bytes, "host_kernels": host_kernels, "rows": rows,
+            "crossing": crossing_speed(device, config.dim)}
 
 
 def markdown(report: dict) -> str:

@@ -26,7 +26,7 @@ def test_gpucheck_dry_run_on_the_cpu(tmp_path):
     assert not any(r["cuda_graph"] for r in rows)  # no graphs on the CPU
     bandwidth = sections["bandwidth"]
     assert [r["dtype"] for r in bandwidth["rows"]] == ["fp16", "bf16"] and bandwidth["copy_bytes_per_s"] > 0
-    assert all(r["decode_s_per_token"] > 0 for r in bandwidth["rows"])
+    assert all(r["decode_s_per_token"] > 0 and r["prefill_tokens_per_s"] > 0 for r in bandwidth["rows"])
     rows = sections["offload"]["rows"]
     assert {r["dtype"] for r in rows} == {"fp16", "bf16", "fp32"}
     assert all("decode_s_per_token" in r for r in rows)
@@ -44,7 +44,8 @@ def test_the_kernel_checks_pass_on_the_emulated_gpu():
     section = kernels(CUDA_FAKE)
     assert section["ok"] and len(section["rows"]) > 30
     assert {r["kernel"].split()[0] for r in section["rows"]} == {"gemv", "gemv+residual", "rmsnorm", "rope", "store_kv",
-                                                                  "advance", "attend", "swiglu"}
+                                                                  "advance", "attend", "swiglu", "gemm",
+                                                                  "gemm+residual", "staging"}
 
 
 def test_transfers_on_the_emulated_gpu():
@@ -61,3 +62,13 @@ def test_transfers_on_the_emulated_gpu():
     assert "cannot capture" in rows[3]["graph_error"] and rows[3]["h2d_per_step"] == 9 / 8
     assert rows[1]["d2h_bytes_per_step"] == 4 * 64 and rows[2]["d2h_bytes_per_step"] == 4
     assert not any(r["hidden_sync"] for r in rows)
+
+
+def test_crossing_times_on_the_emulated_gpu():
+    from fake_cuda import CUDA_FAKE
+
+    from lumi.gpucheck import crossing_speed
+
+    rows = crossing_speed(CUDA_FAKE, 64, repeats=2)
+    assert [r["tokens"] for r in rows] == [1, 128] and rows[1]["bytes"] == 128 * 64 * 4
+    assert all(r["pageable_round_trip_us"] > 0 and r["staged_round_trip_us"] > 0 for r in rows)
