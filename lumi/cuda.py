@@ -339,21 +339,37 @@ extern "C" __global__ void attend(const float* __restrict__ q, const float* __re
 WARPS = 4  # warps per block of the products
 
 
-def rows_per_warp(storage: str, rows: int) -> int:
+WIDE_MEMORY = 4e12  # bytes/s: an H200's HBM3e (4.9 TB/s) is above, an H100 SXM's HBM3 (3.35 TB/s) below
+
+
+def rows_per_warp(storage: str, rows: int, memory_bytes_per_s: float = 0.0) -> int:
     """Rows each warp of a product takes (each load of x then serves them all): 1, 2 or 4.
 
-    Measured on an H200 (``gpucheck``'s gemv section, Llama-2-7B's shapes):
-    16-bit weights gain from two rows once there are enough rows to fill the
-    card twice over (w13, wqkv: 89-96% of copy bandwidth against 86-90%), and
-    lose with fewer (w2: 4096 rows, 73% against 87%); int8 is bound by its
-    arithmetic and gains from two rows everywhere (45-73% against 40-46%);
-    float32 keeps one.
+    Measured with ``gpucheck``'s gemv section on Llama-2-7B's shapes. int8 is
+    bound by its arithmetic and gains from two rows everywhere (H100: 61-87%
+    of copy bandwidth against 57-63%). 16-bit weights gain from two rows only
+    where the memory is fast enough to need more loads in flight per warp, and
+    the product has the rows to fill the card twice over: on an H200, w13 and
+    wqkv reach 89-96% against 86-90%; on an H100, one row is better everywhere
+    (w13 97% against 95%), as it is for w2 (4096 rows) on both. float32 keeps one.
     """
     if storage == "int8":
         return 2
-    if storage in ("fp16", "bf16") and rows >= 8192:
+    if storage in ("fp16", "bf16") and rows >= 8192 and memory_bytes_per_s >= WIDE_MEMORY:
         return 2
     return 1
+
+
+def memory_bandwidth(cupy) -> float:
+    """The current GPU's theoretical memory bandwidth in bytes/s (two transfers a clock), or 0.0 where unknown."""
+    try:
+        runtime = cupy.cuda.runtime
+        device = runtime.getDevice()
+        clock_khz = runtime.deviceGetAttribute(36, device)  # cudaDevAttrMemoryClockRate
+        bus_bits = runtime.deviceGetAttribute(37, device)  # cudaDevAttrGlobalMemoryBusWidth
+    except Exception:  # an attribute this CUDA no longer reports, or a stand-in without a runtime
+        return 0.0
+    return 2.0 * clock_khz * 1e3 * bus_bits / 8
 
 
 # cuBLAS's C enums (library_types.h, cublas_api.h): stable parts of its ABI
@@ -413,6 +429,13 @@ class Kernels:
         self._functions = {}
         self._swiglu = self._to_bf16 = None
         self._scalars = {v: np.array([v], dtype=np.float32) for v in (0.0, 1.0)}  # GemmEx's alpha and beta
+        self._memory = None  # the GPU's memory bandwidth, which the rows per warp depend on
+
+    @property
+    def memory_bytes_per_s(self) -> float:
+        if self._memory is None:
+            self._memory = memory_bandwidth(self.cp)
+        return self._memory
 
     def _fn(self, name: str):
         fn = self._functions.get(name)
@@ -434,7 +457,7 @@ class Kernels:
             storage, (rows, cols) = "fp32", w.shape
         else:
             return None
-        R = self.rows_per_warp or rows_per_warp(storage, rows)
+        R = self.rows_per_warp or rows_per_warp(storage, rows, self.memory_bytes_per_s)
         grid, block = ((rows + WARPS * R - 1) // (WARPS * R),), (32 * WARPS,)
         if storage == "int8":
             a, scales = w.blocks.q, w.blocks.scales
@@ -517,11 +540,12 @@ class Kernels:
         return y
 
     def rmsnorm(self, x, w, eps):
-        if not (_one_row(x) and w.strides == (4,)):
+        """x (T, d) normed by w, one block per token; None unless x is C-contiguous float32."""
+        if not (x.ndim == 2 and x.dtype == np.float32 and x.flags.c_contiguous and w.strides == (4,)):
             return None
-        d = x.shape[1]
+        T, d = x.shape
         y = self.cp.empty_like(x)
-        self._fn("rmsnorm")((1,), (min(1024, 32 * ((d + 31) // 32)),), (x, w, y, I32(d), np.float32(1 / d),
+        self._fn("rmsnorm")((T,), (min(1024, 32 * ((d + 31) // 32)),), (x, w, y, I32(d), np.float32(1 / d),
                                                                           np.float32(eps)))
         return y
 
@@ -578,18 +602,13 @@ class Kernels:
         ``start_pos``: the cache keeps its full length and attention reads how much
         of it is live, so no launch depends on the position.
         """
-        linear, norm, rope, update, attention, activation = (
-            generic[k] for k in ("matmul", "norm", "rope", "cache", "attention", "activation"))
+        linear, rope, update, attention = (generic[k] for k in ("matmul", "rope", "cache", "attention"))
 
         plans = {}
 
         def fused_matmul(x, w, residual=None):
             y = self.gemv(x, w, residual, plans)
             return y if y is not None else linear(x, w, residual)
-
-        def fused_norm(x, w, eps, xp):
-            y = self.rmsnorm(x, w, eps)
-            return y if y is not None else norm(x, w, eps, xp)
 
         def fused_rope(x, cos, sin, start_pos, layout):
             if not self.rope(x, cos, sin, position.buffer, layout):
@@ -605,22 +624,32 @@ class Kernels:
             out = self.attend(q, k, v, position.buffer)
             return out if out is not None else attention(q, k[:, : start_pos + 1], v[:, : start_pos + 1], start_pos, xp)
 
-        def fused_activation(gu, hidden_dim, xp):
-            return self.swiglu(gu, hidden_dim)
-
-        return {**generic, "matmul": fused_matmul, "norm": fused_norm, "rope": fused_rope, "cache": fused_cache,
-                "attention": fused_attention, "activation": fused_activation}
-
+        return {**self._any_length(generic), "matmul": fused_matmul, "rope": fused_rope, "cache": fused_cache,
+                "attention": fused_attention}
 
     def prompt_ops(self, generic: dict) -> dict:
-        """``model.OPS`` for prompts (T > 1): 16-bit products through cuBLAS GemmEx, the rest the generic ones."""
+        """``model.OPS`` for prompts (T > 1): 16-bit products through cuBLAS GemmEx (float32: sgemm), RMSNorm and
+        SwiGLU as for a step; RoPE, the cache and attention the generic operations."""
         linear = generic["matmul"]
 
         def gemm_matmul(x, w, residual=None):
             y = self.gemm(x, w, residual)
             return y if y is not None else linear(x, w, residual)
 
-        return {**generic, "matmul": gemm_matmul}
+        return {**self._any_length(generic), "matmul": gemm_matmul}
+
+    def _any_length(self, generic: dict) -> dict:
+        """The kernels that take any number of tokens: RMSNorm (a block per token) and SwiGLU."""
+        norm = generic["norm"]
+
+        def fused_norm(x, w, eps, xp):
+            y = self.rmsnorm(x, w, eps)
+            return y if y is not None else norm(x, w, eps, xp)
+
+        def fused_activation(gu, hidden_dim, xp):
+            return self.swiglu(gu, hidden_dim)
+
+        return {**generic, "norm": fused_norm, "activation": fused_activation}
 
 
 class Staging:

@@ -52,7 +52,7 @@ from . import __version__, fused, generate
 from .backends import Device, get_device
 from .bench.env import copy_bandwidth, sync
 from .config import PRESETS
-from .cuda import rows_per_warp
+from .cuda import memory_bandwidth, rows_per_warp
 from .formats import load_checkpoint
 from .formats.synthetic import DeviceWeights
 from .model import Model
@@ -144,6 +144,7 @@ def kernels(device: Device) -> dict:
     for d in (64, 288, 4096, 5000):  # 5000: beyond what the kernel holds in registers
         x, w = put(3, d), put(d)
         row(f"rmsnorm {d}", k.rmsnorm(x[:1].copy(), w, np.float32(1e-5)), OPS["norm"](x[:1], w, np.float32(1e-5), xp))
+        row(f"rmsnorm 3x{d}", k.rmsnorm(x, w, np.float32(1e-5)), OPS["norm"](x, w, np.float32(1e-5), xp))
     for layout in ("interleaved", "half"):
         qkv, cos, sin = put(1, 3 * 4 * 16), put(10, 8), put(10, 8)
         want = qkv.copy()
@@ -197,6 +198,7 @@ def gemv_speed(device: Device, repeats: int = 30) -> dict:
         return {"skipped": f"{device.name} has no fused kernels"}
     xp, copy = device.xp, copy_bandwidth(device, 1 << 30)
     variants = {r: type(device.kernels)(xp, r) for r in (None, 1, 2, 4)}  # None: the default choice per shape
+    memory = device.kernels.memory_bytes_per_s
     rows = []
     for storage in ("fp16", "bf16", "int8", "fp32"):
         for name, (out_dim, in_dim) in GEMV_SHAPES.items():
@@ -215,7 +217,7 @@ def gemv_speed(device: Device, repeats: int = 30) -> dict:
                 end.synchronize()
                 seconds = xp.cuda.get_elapsed_time(start, end) / 1e3 / repeats
                 rows.append({"storage": storage, "weight": name, "shape": [out_dim, in_dim],
-                             "rows_per_warp": r or f"default ({rows_per_warp(storage, out_dim)})",
+                             "rows_per_warp": r or f"default ({rows_per_warp(storage, out_dim, memory)})",
                              "us": seconds * 1e6, "bytes_per_s": w.nbytes / seconds,
                              "fraction_of_copy_bandwidth": w.nbytes / seconds / copy})
             del w
@@ -514,7 +516,8 @@ def main(argv=None) -> int:
         props = device.xp.cuda.runtime.getDeviceProperties(0)
         report["gpu"] = {"name": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
                          "cupy": device.xp.__version__, "runtime": device.xp.cuda.runtime.runtimeGetVersion(),
-                         "driver": device.xp.cuda.runtime.driverGetVersion()}
+                         "driver": device.xp.cuda.runtime.driverGetVersion(),
+                         "memory_bytes_per_s_theoretical": memory_bandwidth(device.xp)}
     checks = {
         "kernels": lambda: kernels(device),
         "gemv": lambda: gemv_speed(device),

@@ -239,3 +239,28 @@ def test_a_partial_offload_on_the_emulated_gpu_crosses_through_the_staging_buffe
         # the (1, d) activation up once and down once; the host's layers and head take it from there
         assert (COPIES["h2d"], COPIES["d2h"], COPIES["d2h_bytes"]) == (1, 1, 4 * config.dim)
     assert PINNED == []  # the prompt's buffers serve the steps
+
+
+def test_two_rows_a_warp_for_16_bit_weights_only_on_fast_memory():
+    import types
+
+    from lumi.cuda import memory_bandwidth
+
+    h100 = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(
+        getDevice=lambda: 0, deviceGetAttribute=lambda attribute, device: {36: 2_619_000, 37: 5120}[attribute])))
+    assert memory_bandwidth(h100) == 2 * 2.619e9 * 5120 / 8  # 3.35 TB/s
+    assert memory_bandwidth(XP) == 0.0  # unknown: the stand-in has no runtime
+    assert rows_per_warp("fp16", 22016, memory_bandwidth(h100)) == 1
+    assert rows_per_warp("bf16", 22016, 4.9e12) == 2 and rows_per_warp("bf16", 4096, 4.9e12) == 1
+    assert rows_per_warp("int8", 4096) == 2 and rows_per_warp("fp32", 22016, 4.9e12) == 1
+
+
+def test_rmsnorm_takes_a_prompt_one_block_per_token():
+    from lumi.model import rmsnorm
+
+    x, w = put(np.random.default_rng(4).standard_normal((5, 96))), put(np.linspace(0.5, 2, 96))
+    LAUNCHES.clear()
+    np.testing.assert_allclose(Kernels(XP).rmsnorm(x, w, np.float32(1e-5)), rmsnorm(x, w, np.float32(1e-5), XP),
+                               rtol=1e-6)
+    assert LAUNCHES == [("rmsnorm", (5,), (96,))]
+    assert Kernels(XP).rmsnorm(put(np.ones((5, 192)))[:, ::2], w, np.float32(1e-5)) is None  # not contiguous
