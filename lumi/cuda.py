@@ -12,7 +12,8 @@ operation of the step in one launch:
   its stored width and never exists in float32. The residual add rides along.
 - ``rmsnorm``, ``rope`` (q and k together), ``store_kv``, ``swiglu``, and
   ``attend``: attention for one query token, scores, softmax and the weighted
-  sum of values in one block per head.
+  sum of values, a long context split over several blocks a head and combined
+  by the last of them to finish (still one launch).
 
 A layer's decode step is then ten launches: norm, qkv, rope, cache store,
 attention, wo (+ residual), norm, w13, swiglu, w2 (+ residual): 5.9 ms/token.
@@ -253,36 +254,43 @@ extern "C" __global__ void advance(int* pos) { pos[0] += 1; }
 
 __device__ __forceinline__ float dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
 
-// Attention of one query token at position pos[0] over positions 0..pos[0]: block h takes query head h
-// against kv head h / g. q (H, hd); k, v (Hkv, S, hd) with `head_stride` floats between heads; out (H, hd).
-// Latency, not bandwidth, bounds it at decode's short contexts, so each loop keeps many loads in flight:
-// vec (hd % 4 == 0, 16-byte aligned rows) reads float4s. Shared memory: the scores (S floats), then the
-// partial sums of the values (blockDim float4s).
+// Attention of one query token at position pos[0] over positions 0..pos[0]. Block (h, c) takes query head h
+// against kv head h / g over the chunk of positions c * chunk ..; q (H, hd); k, v (Hkv, S, hd) with `head_stride`
+// floats between heads; out (H, hd). Splitting the context over gridDim.y chunks keeps the whole card reading a
+// long cache (one block per head would leave most SMs idle). Only the chunks holding live positions work: with
+// one, its block writes the output itself; with more, each writes its partial max, sum of exponentials and
+// weighted values to `part` (H, chunks, hd + 2), and the last of them to finish (counted in done[h], which it
+// resets) combines them, so a step stays one launch. Latency, not bandwidth, bounds a short context, so each
+// loop keeps many loads in flight: vec (hd % 4 == 0, 16-byte aligned rows) reads float4s. Shared memory: the
+// chunk's scores, then the partial sums of the values (blockDim float4s).
 extern "C" __global__ void attend(const float* __restrict__ q, const float* __restrict__ k,
                                   const float* __restrict__ v, float* __restrict__ out,
-                                  const int* __restrict__ pos, int hd, int g, int S, long long head_stride,
-                                  float scale, int vec) {
+                                  const int* __restrict__ pos, int hd, int g, int chunk, long long head_stride,
+                                  float scale, int vec, float* __restrict__ part, unsigned int* __restrict__ done) {
     extern __shared__ float shared[];
+    __shared__ bool last;
     float* p = shared;
-    float4* partial = reinterpret_cast<float4*>(shared + ((S + 3) & ~3));
-    const int L = pos[0] + 1;
-    const int h = blockIdx.x;
+    float4* partial = reinterpret_cast<float4*>(shared + ((chunk + 3) & ~3));
+    const int L = pos[0] + 1, live = (L + chunk - 1) / chunk;
+    const int h = blockIdx.x, c = blockIdx.y;
+    if (c >= live) return;  // beyond the context: no work, and not counted
+    const int t0 = c * chunk, n = min(chunk, L - t0);  // this block's positions: t0 .. t0 + n - 1
     const float* qh = q + (long long)h * hd;
-    const float* kh = k + (h / g) * head_stride;
-    const float* vh = v + (h / g) * head_stride;
+    const float* kh = k + (h / g) * head_stride + (long long)t0 * hd;
+    const float* vh = v + (h / g) * head_stride + (long long)t0 * hd;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     // scores: a warp per position, its lanes across the head's features
     if (vec && hd <= 128) {  // one float4 of q per lane, held; one float4 of k per lane and position
         const int n4 = hd / 4;
         const float4 q4 = lane < n4 ? reinterpret_cast<const float4*>(qh)[lane] : make_float4(0, 0, 0, 0);
 #pragma unroll 4
-        for (int t = warp; t < L; t += warps) {
+        for (int t = warp; t < n; t += warps) {
             float s = lane < n4 ? dot4(q4, reinterpret_cast<const float4*>(kh + (long long)t * hd)[lane]) : 0.0f;
             s = warp_sum(s);
             if (lane == 0) p[t] = s * scale;
         }
     } else {
-        for (int t = warp; t < L; t += warps) {
+        for (int t = warp; t < n; t += warps) {
             float s = 0.0f;
             for (int j = lane; j < hd; j += 32) s += qh[j] * kh[(long long)t * hd + j];
             s = warp_sum(s);
@@ -291,23 +299,26 @@ extern "C" __global__ void attend(const float* __restrict__ q, const float* __re
     }
     __syncthreads();
     float m = NEG_INF;
-    for (int t = threadIdx.x; t < L; t += blockDim.x) m = fmaxf(m, p[t]);
+    for (int t = threadIdx.x; t < n; t += blockDim.x) m = fmaxf(m, p[t]);
     m = block_reduce(m, true);
     float z = 0.0f;
-    for (int t = threadIdx.x; t < L; t += blockDim.x) {
+    for (int t = threadIdx.x; t < n; t += blockDim.x) {
         const float e = expf(p[t] - m);
         p[t] = e;
         z += e;
     }
     z = block_reduce(z, false);  // its barriers also publish p
+    // the weighted values: normalized into out when this is the only live chunk, else raw into part
+    const float inv = live == 1 ? 1.0f / z : 1.0f;
+    float* dest = live == 1 ? out + (long long)h * hd : part + ((long long)h * gridDim.y + c) * (hd + 2) + 2;
     if (vec && hd / 4 <= (int)blockDim.x) {
-        // values: thread (phase, j4) sums positions phase, phase + phases, ... of features 4 j4 .. 4 j4 + 3
+        // thread (phase, j4) sums positions phase, phase + phases, ... of features 4 j4 .. 4 j4 + 3
         const int n4 = hd / 4, phases = blockDim.x / n4;
         const int phase = threadIdx.x / n4, j4 = threadIdx.x % n4;
         if (phase < phases) {
             float4 acc = make_float4(0, 0, 0, 0);
 #pragma unroll 4
-            for (int t = phase; t < L; t += phases) {
+            for (int t = phase; t < n; t += phases) {
                 const float4 vv = reinterpret_cast<const float4*>(vh + (long long)t * hd)[j4];
                 const float pt = p[t];
                 acc.x += pt * vv.x, acc.y += pt * vv.y, acc.z += pt * vv.z, acc.w += pt * vv.w;
@@ -318,21 +329,43 @@ extern "C" __global__ void attend(const float* __restrict__ q, const float* __re
         if (threadIdx.x < n4) {
             float4 acc = make_float4(0, 0, 0, 0);
             for (int f = 0; f < phases; ++f) {
-                const float4 part = partial[f * n4 + threadIdx.x];
-                acc.x += part.x, acc.y += part.y, acc.z += part.z, acc.w += part.w;
+                const float4 piece = partial[f * n4 + threadIdx.x];
+                acc.x += piece.x, acc.y += piece.y, acc.z += piece.z, acc.w += piece.w;
             }
-            const float inv = 1.0f / z;
-            reinterpret_cast<float4*>(out + (long long)h * hd)[threadIdx.x] =
-                make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+            float* d = dest + 4 * threadIdx.x;
+            d[0] = acc.x * inv, d[1] = acc.y * inv, d[2] = acc.z * inv, d[3] = acc.w * inv;
         }
     } else {
         for (int j = threadIdx.x; j < hd; j += blockDim.x) {
             float acc = 0.0f;
 #pragma unroll 8
-            for (int t = 0; t < L; ++t) acc += p[t] * vh[(long long)t * hd + j];
-            out[(long long)h * hd + j] = acc / z;
+            for (int t = 0; t < n; ++t) acc += p[t] * vh[(long long)t * hd + j];
+            dest[j] = acc * inv;
         }
     }
+    if (live == 1) return;
+    float* mine = part + ((long long)h * gridDim.y + c) * (hd + 2);
+    if (threadIdx.x == 0) mine[0] = m, mine[1] = z;
+    __threadfence();  // this block's partials are visible to the whole card before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(done + h, 1u) == (unsigned int)(live - 1);
+    __syncthreads();
+    if (!last) return;
+    // the last live block of head h: rescale each chunk's partials to the common max, and normalize
+    const float* base = part + (long long)h * gridDim.y * (hd + 2);
+    float M = NEG_INF;
+    for (int cc = 0; cc < live; ++cc) M = fmaxf(M, __ldcg(base + cc * (hd + 2)));
+    float Z = 0.0f;
+    for (int cc = 0; cc < live; ++cc) Z += __ldcg(base + cc * (hd + 2) + 1) * expf(__ldcg(base + cc * (hd + 2)) - M);
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+        float acc = 0.0f;
+        for (int cc = 0; cc < live; ++cc) {
+            const float* piece = base + cc * (hd + 2);
+            acc += __ldcg(piece + 2 + j) * expf(__ldcg(piece) - M);
+        }
+        out[(long long)h * hd + j] = acc / Z;
+    }
+    if (threadIdx.x == 0) done[h] = 0;  // ready for the next launch
 }
 """
 
@@ -380,7 +413,10 @@ GEMM_DEFAULT = -1
 POINTER_MODE_HOST = 0
 
 ATTEND_THREADS = 256
-MAX_SHARED_BYTES = 48 << 10  # the attention kernel keeps a context's scores in shared memory; longer ones fall back
+ATTEND_CHUNK = 256  # positions per block of attention: a long context is split over ceil(S / chunk) blocks a head
+MAX_ATTEND_SPLITS = 32  # beyond 32 x 256 positions the chunks grow instead
+MAX_HEADS = 4096  # attention's completion counters, one per query head, made once
+MAX_SHARED_BYTES = 48 << 10  # a block keeps its chunk's scores in shared memory; longer chunks fall back
 I32 = np.int32
 
 
@@ -430,6 +466,7 @@ class Kernels:
         self._swiglu = self._to_bf16 = None
         self._scalars = {v: np.array([v], dtype=np.float32) for v in (0.0, 1.0)}  # GemmEx's alpha and beta
         self._memory = None  # the GPU's memory bandwidth, which the rows per warp depend on
+        self._done = None  # attention's per-head counters of finished chunks (zero between launches)
 
     @property
     def memory_bytes_per_s(self) -> float:
@@ -569,19 +606,35 @@ class Kernels:
                                                            I32(hd)))
         return True
 
-    def attend(self, q, k, v, pos):
-        """One query token at the position in ``pos``: q (1, H, hd), k and v (Hkv, >= pos + 1, hd) cache views."""
+    def counters(self):
+        """Attention's completion counters, made on first use (``ops`` makes them before any graph is captured)."""
+        if self._done is None:
+            self._done = self.cp.zeros(MAX_HEADS, dtype=np.uint32)
+        return self._done
+
+    def attend(self, q, k, v, pos, splits: int | None = None):
+        """One query token at the position in ``pos``: q (1, H, hd), k and v (Hkv, S >= pos + 1, hd) cache views.
+
+        The cache's length S (not the live context, which only the device
+        knows) sets the split: ceil(S / ATTEND_CHUNK) blocks a head, at most
+        MAX_ATTEND_SPLITS; ``splits`` forces a number. Chunks past the live
+        context return at once, so a short context costs what one block does.
+        """
         _, H, hd = q.shape
         n_kv, S, _ = k.shape
-        shared = 4 * ((S + 3) // 4 * 4) + 16 * ATTEND_THREADS
-        if (shared > MAX_SHARED_BYTES or q.shape[0] != 1 or q.strides[1:] != (4 * hd, 4)
+        splits = splits or min(MAX_ATTEND_SPLITS, -(-S // ATTEND_CHUNK))
+        chunk = -(-S // splits)
+        shared = 4 * ((chunk + 3) // 4 * 4) + 16 * ATTEND_THREADS
+        if (shared > MAX_SHARED_BYTES or H > MAX_HEADS or q.shape[0] != 1 or q.strides[1:] != (4 * hd, 4)
                 or k.strides[1:] != (4 * hd, 4) or v.strides != k.strides):
             return None
         vec = hd % 4 == 0 and all(a.data.ptr % 16 == 0 for a in (q, k, v)) and k.strides[0] % 16 == 0
         out = self.cp.empty((1, H * hd), dtype=np.float32)
-        self._fn("attend")((H,), (ATTEND_THREADS,), (q, k, v, out, pos, I32(hd), I32(H // n_kv), I32(S),
-                                                      np.int64(k.strides[0] // 4), np.float32(1 / math.sqrt(hd)),
-                                                      I32(vec)), shared_mem=shared)
+        part = self.cp.empty((H, splits, hd + 2), dtype=np.float32) if splits > 1 else out  # chunks' partials
+        self._fn("attend")((H, splits), (ATTEND_THREADS,), (q, k, v, out, pos, I32(hd), I32(H // n_kv), I32(chunk),
+                                                              np.int64(k.strides[0] // 4),
+                                                              np.float32(1 / math.sqrt(hd)), I32(vec), part,
+                                                              self.counters()), shared_mem=shared)
         return out
 
     def swiglu(self, gu, hidden_dim: int):
@@ -605,6 +658,7 @@ class Kernels:
         linear, rope, update, attention = (generic[k] for k in ("matmul", "rope", "cache", "attention"))
 
         plans = {}
+        self.counters()
 
         def fused_matmul(x, w, residual=None):
             y = self.gemv(x, w, residual, plans)

@@ -159,11 +159,17 @@ def kernels(device: Device) -> dict:
     pos = at(41)
     k.advance(pos)
     rows.append({"kernel": "advance", "ok": int(pos[0]) == 42})
-    for H, Hkv, hd, L in ((8, 4, 8, 1), (8, 4, 8, 37), (32, 32, 128, 300), (32, 8, 128, 2000), (4, 2, 6, 9)):
-        q, cache = put(1, H, hd), put(2, Hkv, L + 5, hd)
-        keys, values = cache[0, :, :L], cache[1, :, :L]
-        row(f"attend H{H} Hkv{Hkv} hd{hd} L{L}", k.attend(q, cache[0], cache[1], at(L - 1)),
-            OPS["attention"](q, keys, values, L - 1, xp))
+    # contexts within one chunk and across many (the last block combines), forced splits, the scalar path (hd 6);
+    # each twice, so a counter left behind by the first launch would show in the second
+    for H, Hkv, hd, L, S, splits in ((8, 4, 8, 1, 6, None), (8, 4, 8, 37, 42, None), (32, 32, 128, 300, 305, None),
+                                     (32, 8, 128, 2000, 2005, None), (4, 2, 6, 9, 14, None), (32, 32, 128, 1, 4096, 16),
+                                     (32, 32, 128, 300, 305, 1), (32, 32, 128, 300, 320, 32), (4, 2, 6, 700, 900, 3),
+                                     (32, 8, 128, 9000, 9000, None)):
+        q, cache = put(1, H, hd), put(2, Hkv, S, hd)
+        want = OPS["attention"](q, cache[0, :, :L], cache[1, :, :L], L - 1, xp)
+        for launch in ("first", "again"):
+            row(f"attend H{H} Hkv{Hkv} hd{hd} L{L} S{S} splits {splits or 'auto'} {launch}",
+                k.attend(q, cache[0], cache[1], at(L - 1), splits), want)
     gu = put(1, 2 * 11008)
     row("swiglu 11008", k.swiglu(gu, 11008), OPS["activation"](gu, 11008, xp))
     for T, out_dim, in_dim in ((128, 4096, 4096), (9, 11, 96), (3, 101, 64)):  # prompts' 16-bit products (GemmEx)
@@ -222,7 +228,34 @@ def gemv_speed(device: Device, repeats: int = 30) -> dict:
                              "fraction_of_copy_bandwidth": w.nbytes / seconds / copy})
             del w
             _free(device)
-    return {"copy_bytes_per_s": copy, "repeats": repeats, "rows": rows}
+    return {"copy_bytes_per_s": copy, "repeats": repeats, "rows": rows, "attend": attend_speed(device, repeats)}
+
+
+def attend_speed(device: Device, repeats: int, H: int = 32, hd: int = 128, S: int = 8192) -> list[dict]:
+    """One layer's decode attention (Llama-2-7B's heads, a float32 cache of S positions) by live context:
+    one block a head against the context split over ceil(S / 256) blocks a head; microseconds, and the
+    bandwidth of the live keys and values read."""
+    xp, k = device.xp, device.kernels
+    cache = xp.random.RandomState(1).random_sample((2, H, S, hd), dtype=np.float32)
+    q = xp.random.RandomState(2).random_sample((1, H, hd), dtype=np.float32)
+    rows = []
+    for L in (128, 1024, 4096, 8192):
+        pos = device.to_device(np.array([L - 1], dtype=np.int32))
+        row = {"context": L, "cache_positions": S}
+        for label, splits in (("one_block_a_head", 1), ("split", None)):
+            if k.attend(q, cache[0], cache[1], pos, splits) is None:  # one block cannot hold this many scores
+                continue
+            start, end = xp.cuda.Event(), xp.cuda.Event()
+            start.record()
+            for _ in range(repeats):
+                k.attend(q, cache[0], cache[1], pos, splits)
+            end.record()
+            end.synchronize()
+            seconds = xp.cuda.get_elapsed_time(start, end) / 1e3 / repeats
+            row[f"{label}_us"] = seconds * 1e6
+            row[f"{label}_bytes_per_s"] = 2 * H * L * hd * 4 / seconds
+        rows.append(row)
+    return rows
 
 
 def golden(device: Device, assets: Path) -> dict:

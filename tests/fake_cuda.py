@@ -79,9 +79,10 @@ def _advance(pos):
     _host(pos)[0] += 1
 
 
-def _attend(q, k, v, out, pos, hd, g, S, head_stride, scale, vec):
-    q, k, v, out, pos = map(_host, (q, k, v, out, pos))
-    assert head_stride == k.strides[0] // 4 and type(head_stride) is np.int64
+def _attend(q, k, v, out, pos, hd, g, chunk, head_stride, scale, vec, part, done):
+    q, k, v, out, pos, done = map(_host, (q, k, v, out, pos, done))
+    assert head_stride == k.strides[0] // 4 and type(head_stride) is np.int64 and type(chunk) is np.int32
+    assert done.dtype == np.uint32 and not done.any()  # the counters are zero between launches
     L = int(pos[0]) + 1
     H = q.size // hd
     qh = q.reshape(H, hd)

@@ -18,7 +18,7 @@ from lumi.cuda import WARPS, Kernels, rows_per_warp
 from lumi.formats import load_checkpoint
 from lumi.formats.synthetic import synthetic_weights
 from lumi.generate import generate
-from lumi.model import Model
+from lumi.model import OPS, Model
 from lumi.weights import convert_on_device
 
 
@@ -151,10 +151,24 @@ def test_a_model_on_the_emulated_gpu_decodes_as_the_cpu_in_ten_launches_a_layer(
     assert COPIES["h2d"] == 2 and int(model.positions[device].buffer[0]) == 2
 
 
-def test_attention_falls_back_beyond_shared_memory():
+@pytest.mark.parametrize("S, grid", [(64, (2, 1)), (1000, (2, 4)), (20000, (2, 32))])
+def test_attention_splits_a_long_cache_over_blocks(S, grid):
+    """ceil(S / 256) chunks a head, at most 32 (then longer chunks); the counters stay zero between launches."""
+    k = Kernels(XP)
+    rng = np.random.default_rng(5)
+    q, cache = put(rng.standard_normal((1, 2, 8))), put(rng.standard_normal((2, 1, S, 8)))
+    L = min(S, 700)
+    LAUNCHES.clear()
+    got = k.attend(q, cache[0], cache[1], put(np.array([L - 1])).astype(np.int32))
+    want = OPS["attention"](q, cache[0, :, :L], cache[1, :, :L], L - 1, XP)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert LAUNCHES == [("attend", grid, (256,))]
+
+
+def test_attention_falls_back_when_a_chunk_outgrows_shared_memory():
     k = Kernels(XP)
     q, cache = put(np.ones((1, 2, 8))), put(np.ones((2, 1, 20000, 8)))
-    assert k.attend(q, cache[0], cache[1], put(np.zeros(1)).astype(np.int32)) is None
+    assert k.attend(q, cache[0], cache[1], put(np.zeros(1)).astype(np.int32), splits=1) is None
 
 
 def test_the_step_graph_runs_its_first_step_eagerly_and_falls_back_when_capture_fails(monkeypatch):
