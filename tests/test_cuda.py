@@ -151,9 +151,12 @@ def test_a_model_on_the_emulated_gpu_decodes_as_the_cpu_in_ten_launches_a_layer(
     assert COPIES["h2d"] == 2 and int(model.positions[device].buffer[0]) == 2
 
 
-@pytest.mark.parametrize("S, grid", [(64, (2, 1)), (1000, (2, 4)), (20000, (2, 32))])
+@pytest.mark.parametrize("S, grid", [(64, (2, 1)), (1000, (2, 16)), (20000, (2, 64))])
 def test_attention_splits_a_long_cache_over_blocks(S, grid):
-    """ceil(S / 256) chunks a head, at most 32 (then longer chunks); the counters stay zero between launches."""
+    """ceil(S / 64) chunks a head, at most 64 (then longer chunks); the counters stay zero between launches."""
+    from lumi.cuda import MAX_ATTEND_SPLITS, SOURCE
+
+    assert f"#define ATTEND_MAX_SPLITS {MAX_ATTEND_SPLITS} " in SOURCE  # the kernel's room for the chunks' weights
     k = Kernels(XP)
     rng = np.random.default_rng(5)
     q, cache = put(rng.standard_normal((1, 2, 8))), put(rng.standard_normal((2, 1, S, 8)))
