@@ -21,6 +21,7 @@ records it in the widening paths it reports.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import numpy as np
@@ -137,3 +138,47 @@ def one_pool():
     finally:
         _shares = None
         BLAS.set(threads)
+
+
+# -- the rest of a decode step: each None where it does not apply (the caller then runs NumPy's operation) ----
+
+
+def _one_token(x) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape[0] == 1
+
+
+def rmsnorm(x, w, eps):
+    """x (1, d) normed by w (d,), float32 (1, d)."""
+    if not (_one_token(x) and x.ndim == 2):
+        return None
+    out = np.empty_like(x)
+    _kernels().rmsnorm_row(x[0], w, np.float32(eps), out[0])
+    return out
+
+
+def rope(x, cos, sin, start_pos: int, layout: str) -> bool:
+    """Rotate one token's heads x (1, n, hd) in place; False when x is not one float32 token."""
+    if not (_one_token(x) and x.ndim == 3):
+        return False
+    _kernels().rope_row(x[0], cos, sin, start_pos, layout == "interleaved")
+    return True
+
+
+def swiglu(gu, hidden_dim: int):
+    """silu(gate) * up for gu (1, 2 hidden), float32 (1, hidden)."""
+    if not (_one_token(gu) and gu.ndim == 2):
+        return None
+    out = np.empty((1, hidden_dim), dtype=np.float32)
+    _kernels().swiglu_row(gu[0], hidden_dim, out[0])
+    return out
+
+
+def attention(q, k, v):
+    """One query token q (1, H, hd) against the live cache k, v (Hkv, L, hd): float32 (1, H * hd)."""
+    if not (_one_token(q) and q.ndim == 3 and k.dtype == v.dtype == np.float32):
+        return None
+    _, H, hd = q.shape
+    out = np.empty((1, H * hd), dtype=np.float32)
+    scores = np.empty(k.shape[1], dtype=np.float32)
+    _kernels().attend_row(q[0], k, v, np.float32(1 / math.sqrt(hd)), out.reshape(H, hd), scores)
+    return out

@@ -160,6 +160,31 @@ def fused_linear(x, w, residual=None):
     return linear(x, w, residual)
 
 
+def fused_norm(x, w, eps, xp):
+    y = fused.rmsnorm(x, w, eps) if xp is np else None
+    return y if y is not None else rmsnorm(x, w, eps, xp)
+
+
+def fused_rope(x, cos, sin, start_pos: int, layout: str):
+    if not (isinstance(cos, np.ndarray) and fused.rope(x, cos, sin, start_pos, layout)):
+        apply_rope(x, cos, sin, start_pos, layout)
+
+
+def fused_attention(q, k, v, start_pos: int, xp):
+    out = fused.attention(q, k, v) if xp is np else None
+    return out if out is not None else attention(q, k, v, start_pos, xp)
+
+
+def fused_swiglu(gu, hidden_dim: int, xp):
+    y = fused.swiglu(gu, hidden_dim) if xp is np else None
+    return y if y is not None else swiglu(gu, hidden_dim, xp)
+
+
+# ``--kernels numba``: each operation of a one-token step on the host through lumi's numba kernels
+FUSED_OPS = dict(matmul=fused_linear, norm=fused_norm, rope=fused_rope, attention=fused_attention,
+                 activation=fused_swiglu)
+
+
 def embed(table, tokens):
     """Rows of the token-embedding table (V, d) as float32 (T, d), a copy the forward pass owns."""
     if isinstance(table, (HalfMatrix, BlockQ8, DeviceMatrix)):
@@ -296,7 +321,7 @@ class Model:
         self.eps = F32(c.norm_eps)
         self.ops = SimpleNamespace(**OPS)  # the operations of the layers on the host (and of prompts without a GPU's kernels)
         if kernels == "numba":
-            self.ops.matmul = fused_linear
+            vars(self.ops).update(FUSED_OPS)
         # the operations of one-token steps on each device: a GPU's fused kernels, which read the position
         # from the device (``cuda.Position``); the host's own; the generic ones elsewhere
         self.positions = {dev: Position(dev, dev.kernels) for dev in set(self.placement) if dev.kernels}

@@ -197,3 +197,55 @@ def test_numba_kernels_run_the_host_layers_of_a_partial_offload():
     model.prefill(np.array([1, 2], dtype=np.int32))
     with model.decoding():
         np.testing.assert_allclose(model.decode(3, 2), expected.decode(3, 2), atol=1e-4)
+
+
+def test_the_small_decode_kernels_equal_numpys_operations():
+    """RMSNorm, RoPE (both layouts), SwiGLU and one-token attention (grouped kv heads, a live slice of a longer
+    cache) through numba, against model's NumPy operations: float32 summation order only."""
+    from lumi.model import OPS, apply_rope, rope_tables
+
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((1, 288), dtype=np.float32), rng.standard_normal(288, dtype=np.float32)
+    np.testing.assert_allclose(fused.rmsnorm(x, w, 1e-5), OPS["norm"](x, w, np.float32(1e-5), np), rtol=2e-6,
+                               atol=1e-6)
+    cos, sin = rope_tables(48, 64, 10000.0, np)
+    for layout in ("interleaved", "half"):
+        qkv = rng.standard_normal((1, 10 * 48), dtype=np.float32)
+        want = qkv.copy()
+        apply_rope(want.reshape(1, 10, 48), cos, sin, 37, layout)
+        assert fused.rope(qkv.reshape(1, 10, 48), cos, sin, 37, layout)
+        np.testing.assert_allclose(qkv, want, rtol=1e-6, atol=1e-6)
+    gu = rng.standard_normal((1, 2 * 768), dtype=np.float32) * 4
+    # (tanh(g/2) + 1) cancels for negative g in both: tanh's last-bit differences show there, absolutely small
+    np.testing.assert_allclose(fused.swiglu(gu, 768), OPS["activation"](gu, 768, np), rtol=2e-6, atol=2e-5)
+    cache = rng.standard_normal((2, 2, 100, 48), dtype=np.float32)
+    q = rng.standard_normal((1, 6, 48), dtype=np.float32)
+    for L in (1, 37, 100):
+        k, v = cache[0, :, :L], cache[1, :, :L]  # (2, L, 48) views: g = 3 query heads a kv head
+        np.testing.assert_allclose(fused.attention(q, k, v), OPS["attention"](q, k, v, L - 1, np), rtol=1e-5,
+                                   atol=1e-6)
+    # two tokens (a prompt) stay on NumPy's operations
+    assert fused.rmsnorm(np.ones((2, 8), np.float32), np.ones(8, np.float32), 1e-5) is None
+    assert fused.attention(np.ones((2, 6, 48), np.float32), k, v) is None
+    assert not fused.rope(np.ones((2, 10, 48), np.float32), cos, sin, 0, "half")
+
+
+def test_a_numba_step_calls_each_small_kernel_once_a_layer(monkeypatch):
+    config = PRESETS["stories260K"]
+    model = Model(config, synthetic_weights(config, seed=3), kernels="numba")
+    calls = {name: 0 for name in ("rmsnorm", "rope", "swiglu", "attention")}
+    for name in calls:
+        real = getattr(fused, name)
+
+        def counted(*args, _name=name, _real=real):
+            out = _real(*args)
+            calls[_name] += out is not None and out is not False  # taken, not declined
+            return out
+
+        monkeypatch.setattr(fused, name, counted)
+    model.prefill(np.array([1, 2, 3], dtype=np.int32))
+    assert calls == dict.fromkeys(calls, 0)  # a prompt: each declines, and NumPy's operations run
+    with model.decoding():
+        model.decode(5, 3)
+    n = config.n_layers
+    assert calls == {"rmsnorm": 2 * n + 1, "rope": n, "swiglu": n, "attention": n}
