@@ -164,21 +164,15 @@ def rope(x, cos, sin, start_pos: int, layout: str) -> bool:
     return True
 
 
-def swiglu(gu, hidden_dim: int):
-    """silu(gate) * up for gu (1, 2 hidden), float32 (1, hidden)."""
-    if not (_one_token(gu) and gu.ndim == 2):
-        return None
-    out = np.empty((1, hidden_dim), dtype=np.float32)
-    _kernels().swiglu_row(gu[0], hidden_dim, out[0])
-    return out
-
-
-def attention(q, k, v):
-    """One query token q (1, H, hd) against the live cache k, v (Hkv, L, hd): float32 (1, H * hd)."""
-    if not (_one_token(q) and q.ndim == 3 and k.dtype == v.dtype == np.float32):
+def attention(q, k, v, L: int):
+    """One query token q (1, H, hd) against positions 0..L-1 of a layer's cache k, v (Hkv, S, hd), each
+    C-contiguous (whole heads: numba vectorizes over their rows, not over a slice's strides): float32 (1, H * hd).
+    """
+    if not (_one_token(q) and q.ndim == 3 and k.dtype == v.dtype == np.float32 and k.flags.c_contiguous
+            and v.flags.c_contiguous and k.shape == v.shape and L <= k.shape[1]):
         return None
     _, H, hd = q.shape
     out = np.empty((1, H * hd), dtype=np.float32)
-    scores = np.empty(k.shape[1], dtype=np.float32)
-    _kernels().attend_row(q[0], k, v, np.float32(1 / math.sqrt(hd)), out.reshape(H, hd), scores)
+    _kernels().attend_row(q[0], k, v, L, np.float32(1 / math.sqrt(hd)), out.reshape(H, hd),
+                          np.empty(L, dtype=np.float32))
     return out

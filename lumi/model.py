@@ -170,19 +170,21 @@ def fused_rope(x, cos, sin, start_pos: int, layout: str):
         apply_rope(x, cos, sin, start_pos, layout)
 
 
+def fused_cache(cache: KVCache, layer: int, start_pos: int, kv):
+    """``update_cache``, returning the layer's whole keys and values (Hkv, S, hd): ``fused_attention`` reads the
+    live part (and slices it for NumPy's operation where its kernel does not apply)."""
+    cache.update(layer, start_pos, kv)
+    return cache.kv[layer][0], cache.kv[layer][1]
+
+
 def fused_attention(q, k, v, start_pos: int, xp):
-    out = fused.attention(q, k, v) if xp is np else None
-    return out if out is not None else attention(q, k, v, start_pos, xp)
-
-
-def fused_swiglu(gu, hidden_dim: int, xp):
-    y = fused.swiglu(gu, hidden_dim) if xp is np else None
-    return y if y is not None else swiglu(gu, hidden_dim, xp)
+    L = start_pos + q.shape[0]
+    out = fused.attention(q, k, v, L) if xp is np else None
+    return out if out is not None else attention(q, k[:, :L], v[:, :L], start_pos, xp)
 
 
 # ``--kernels numba``: each operation of a one-token step on the host through lumi's numba kernels
-FUSED_OPS = dict(matmul=fused_linear, norm=fused_norm, rope=fused_rope, attention=fused_attention,
-                 activation=fused_swiglu)
+FUSED_OPS = dict(matmul=fused_linear, norm=fused_norm, rope=fused_rope, cache=fused_cache, attention=fused_attention)
 
 
 def embed(table, tokens):
