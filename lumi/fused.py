@@ -164,6 +164,15 @@ def rope(x, cos, sin, start_pos: int, layout: str) -> bool:
     return True
 
 
+def swiglu(gu, hidden_dim: int):
+    """silu(gate) * up for gu (1, 2 hidden), float32 (1, hidden)."""
+    if not (_one_token(gu) and gu.ndim == 2):
+        return None
+    out = np.empty((1, hidden_dim), dtype=np.float32)
+    _kernels().swiglu_row(gu[0], hidden_dim, out[0])
+    return out
+
+
 def attention(q, k, v, L: int):
     """One query token q (1, H, hd) against positions 0..L-1 of a layer's cache k, v (Hkv, S, hd), each
     C-contiguous (whole heads: numba vectorizes over their rows, not over a slice's strides): float32 (1, H * hd).

@@ -173,8 +173,17 @@ def fused_rope(x, cos, sin, start_pos: int, layout: str):
 def fused_cache(cache: KVCache, layer: int, start_pos: int, kv):
     """``update_cache``, returning the layer's whole keys and values (Hkv, S, hd): ``fused_attention`` reads the
     live part (and slices it for NumPy's operation where its kernel does not apply)."""
-    cache.update(layer, start_pos, kv)
-    return cache.kv[layer][0], cache.kv[layer][1]
+    whole = cache.kv[layer]
+    if kv.shape[0] == 1:
+        whole[:, :, start_pos] = kv[0]  # one token: (2, Hkv, hd), no transposed view to walk
+    else:
+        cache.update(layer, start_pos, kv)
+    return whole[0], whole[1]
+
+
+def fused_swiglu(gu, hidden_dim: int, xp):
+    y = fused.swiglu(gu, hidden_dim) if xp is np else None
+    return y if y is not None else swiglu(gu, hidden_dim, xp)
 
 
 def fused_attention(q, k, v, start_pos: int, xp):
@@ -184,7 +193,8 @@ def fused_attention(q, k, v, start_pos: int, xp):
 
 
 # ``--kernels numba``: each operation of a one-token step on the host through lumi's numba kernels
-FUSED_OPS = dict(matmul=fused_linear, norm=fused_norm, rope=fused_rope, cache=fused_cache, attention=fused_attention)
+FUSED_OPS = dict(matmul=fused_linear, norm=fused_norm, rope=fused_rope, cache=fused_cache, attention=fused_attention,
+                 activation=fused_swiglu)
 
 
 def embed(table, tokens):

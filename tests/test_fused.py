@@ -200,7 +200,7 @@ def test_numba_kernels_run_the_host_layers_of_a_partial_offload():
 
 
 def test_the_small_decode_kernels_equal_numpys_operations():
-    """RMSNorm, RoPE (both layouts) and one-token attention (grouped kv heads, a live slice of a longer
+    """RMSNorm, RoPE (both layouts), SwiGLU and one-token attention (grouped kv heads, a live slice of a longer
     cache) through numba, against model's NumPy operations: float32 summation order only."""
     from lumi.model import OPS, apply_rope, rope_tables
 
@@ -215,6 +215,13 @@ def test_the_small_decode_kernels_equal_numpys_operations():
         apply_rope(want.reshape(1, 10, 48), cos, sin, 37, layout)
         assert fused.rope(qkv.reshape(1, 10, 48), cos, sin, 37, layout)
         np.testing.assert_allclose(qkv, want, rtol=1e-6, atol=1e-6)
+    gu = rng.standard_normal((1, 2 * 768), dtype=np.float32) * 6
+    g, up = gu[0, :768].astype(np.float64), gu[0, 768:].astype(np.float64)
+    exact = g / (1 + np.exp(-g)) * up
+    # numba's sigmoid from exp(-|g|) is good to float32's rounding everywhere; NumPy's (tanh(g/2) + 1) cancels
+    # for negative g, so it agrees only absolutely
+    np.testing.assert_allclose(fused.swiglu(gu, 768)[0], exact, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(OPS["activation"](gu, 768, np)[0], exact, rtol=1e-5, atol=2e-5)
     cache = rng.standard_normal((2, 2, 100, 48), dtype=np.float32)
     q = rng.standard_normal((1, 6, 48), dtype=np.float32)
     for L in (1, 3, 37, 100):  # whole heads (2, 100, 48), L of them live: g = 3 query heads a kv head
@@ -230,7 +237,7 @@ def test_the_small_decode_kernels_equal_numpys_operations():
 def test_a_numba_step_calls_each_small_kernel_once_a_layer(monkeypatch):
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config, seed=3), kernels="numba")
-    calls = {name: 0 for name in ("rmsnorm", "rope", "attention")}
+    calls = {name: 0 for name in ("rmsnorm", "rope", "swiglu", "attention")}
     for name in calls:
         real = getattr(fused, name)
 
@@ -245,4 +252,4 @@ def test_a_numba_step_calls_each_small_kernel_once_a_layer(monkeypatch):
     with model.decoding():
         model.decode(5, 3)
     n = config.n_layers
-    assert calls == {"rmsnorm": 2 * n + 1, "rope": n, "attention": n}
+    assert calls == {"rmsnorm": 2 * n + 1, "rope": n, "swiglu": n, "attention": n}
