@@ -331,7 +331,7 @@ class Model:
                 )
             )
         self.eps = F32(c.norm_eps)
-        self.ops = SimpleNamespace(**OPS)  # the operations of the layers on the host (and of prompts without a GPU's kernels)
+        self.ops = SimpleNamespace(**OPS)  # the host layers' operations (and prompts' without a GPU's kernels)
         if kernels == "numba":
             vars(self.ops).update(FUSED_OPS)
         # the operations of one-token steps on each device: a GPU's fused kernels, which read the position
