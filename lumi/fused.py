@@ -182,6 +182,9 @@ def attention(q, k, v, L: int):
         return None
     _, H, hd = q.shape
     out = np.empty((1, H * hd), dtype=np.float32)
-    _kernels().attend_row(q[0], k, v, L, np.float32(1 / math.sqrt(hd)), out.reshape(H, hd),
-                          np.empty(L, dtype=np.float32))
+    fk, scale, shares = _kernels(), np.float32(1 / math.sqrt(hd)), min(_shares or 1, H)
+    if shares > 1 and 2 * H * L * hd * 4 >= PARALLEL_MIN_BYTES:  # the cache read from memory, not L1: split heads
+        fk.attend_parallel(q[0], k, v, L, scale, out.reshape(H, hd), np.empty((shares, L), np.float32), shares)
+    else:
+        fk.attend_heads(q[0], k, v, L, scale, out.reshape(H, hd), np.empty(L, dtype=np.float32), 0, H)
     return out

@@ -236,16 +236,16 @@ def swiglu_row(gu, hidden, out):
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def attend_row(q, k, v, L, scale, out, p):
-    """Attention of one query token: q (H, hd) against positions 0..L-1 of k, v (Hkv, S, hd), head h reading kv
-    head h // (H / Hkv); out (H, hd); p a scratch of at least L floats for one head's scores.
+def attend_heads(q, k, v, L, scale, out, p, h0, h1):
+    """Attention of one query token for heads h0..h1-1: q (H, hd) against positions 0..L-1 of k, v (Hkv, S, hd),
+    head h reading kv head h // (H / Hkv); out (H, hd); p a scratch of at least L floats for one head's scores.
 
     Scores go four positions at a time: four independent sums across the head's features hide the latency of
     each one's final horizontal add (one at a time ran at a third of the speed).
     """
-    H, hd = q.shape
-    g = H // k.shape[0]
-    for h in range(H):
+    hd = q.shape[1]
+    g = q.shape[0] // k.shape[0]
+    for h in range(h0, h1):
         kh, vh, qh = k[h // g], v[h // g], q[h]
         t = 0
         while t + 4 <= L:
@@ -281,3 +281,11 @@ def attend_row(q, k, v, L, scale, out, p):
         inv = np.float32(1) / z
         for j in range(hd):
             o[j] *= inv
+
+
+@njit(nogil=True, fastmath=True, parallel=True, cache=True)
+def attend_parallel(q, k, v, L, scale, out, p, shares):
+    """``attend_heads`` with the heads split into ``shares`` parts over numba's threads; p (shares, >= L)."""
+    H = q.shape[0]
+    for i in prange(shares):
+        attend_heads(q, k, v, L, scale, out, p[i], H * i // shares, H * (i + 1) // shares)

@@ -228,6 +228,13 @@ def test_the_small_decode_kernels_equal_numpys_operations():
         want = OPS["attention"](q, cache[0, :, :L], cache[1, :, :L], L - 1, np)
         np.testing.assert_allclose(fused.attention(q, cache[0], cache[1], L), want, rtol=1e-5, atol=1e-6)
     assert fused.attention(q, cache[0, :, :50], cache[1, :, :50], 50) is None  # a slice: NumPy's operation
+    big = rng.standard_normal((2, 2, 1000, 48), dtype=np.float32)  # enough to split the heads over two threads
+    want = OPS["attention"](q, big[0], big[1], 999, np)
+    fused._shares = 2
+    try:
+        np.testing.assert_allclose(fused.attention(q, big[0], big[1], 1000), want, rtol=1e-5, atol=1e-6)
+    finally:
+        fused._shares = None
     # two tokens (a prompt) stay on NumPy's operations
     assert fused.rmsnorm(np.ones((2, 8), np.float32), np.ones(8, np.float32), 1e-5) is None
     assert fused.attention(np.ones((2, 6, 48), np.float32), cache[0], cache[1], 5) is None
