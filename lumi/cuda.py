@@ -21,7 +21,8 @@ attention, wo (+ residual), norm, w13, swiglu, w2 (+ residual): 6.2 ms/token
 on an H200. Positions live in device memory (``Position``), so no launch
 depends on one, and ``StepGraph`` replays a whole greedy step as one CUDA
 graph: 4.0 ms/token on an H200, 5.2 on an H100 SXM (80% and 86% of each
-card's copy bandwidth). Prompts (T > 1) take RMSNorm and SwiGLU from here and
+card's copy bandwidth), launching each step before the host has read the
+previous one's token. Prompts (T > 1) take RMSNorm and SwiGLU from here and
 the rest from CuPy, with cuBLAS for the products: 16-bit weights through
 GemmEx (half-precision inputs, float32 accumulation; ``Kernels.gemm``),
 float32 through sgemm. ``Staging`` carries a partial offload's activations
@@ -757,6 +758,19 @@ class Staging:
         self._sent = stream.record()
         return device
 
+    def pinned(self, shape, dtype) -> np.ndarray:
+        """A page-locked host array of its own (for ``copy_down``)."""
+        n = math.prod(shape) * np.dtype(dtype).itemsize
+        memory = self.cp.cuda.alloc_pinned_memory(max(n, 1))
+        return np.frombuffer(memory, dtype=np.uint8, count=n).view(dtype).reshape(shape)
+
+    def copy_down(self, x, out: np.ndarray, stream):
+        """Enqueue a device array's copy into the page-locked ``out`` on ``stream``, without waiting: the event
+        after it (``out`` holds x once it has happened)."""
+        runtime = self.cp.cuda.runtime
+        runtime.memcpyAsync(out.ctypes.data, x.data.ptr, x.nbytes, runtime.memcpyDeviceToHost, stream.ptr)
+        return stream.record()
+
     def down(self, x) -> np.ndarray:
         """A device activation in the down buffer (valid until the next copy down), once its stream has made it."""
         self._down, staged = self._buffer(self._down, x.shape, x.dtype)
@@ -807,6 +821,16 @@ class StepGraph:
     filling this graph's own memory pool); the second is captured and replayed.
     The step's temporaries come from that pool, which only this graph uses,
     so no other array ever lands in memory the graph writes.
+
+    One step ahead: since the next step's input is already on the device,
+    each call also launches the step after it before waiting for its own
+    token, so the GPU works through the host's turnaround (the token's trip
+    down, the caller's bookkeeping, the next launch) instead of idling. The
+    next call takes that step's token if it asks for exactly that step (the
+    token just returned, the next position, and no other forward pass of the
+    model in between); otherwise the step ahead is discarded: it wrote only
+    the cache entry of a position no live context reads yet, and the
+    position and token are sent up again as after any jump.
     """
 
     def __init__(self, model):
@@ -816,9 +840,15 @@ class StepGraph:
         self.stream = cp.cuda.Stream()  # a blocking stream: ordered after the default stream's work (prompts)
         self.pool = cp.cuda.MemoryPool()
         self.token = self.device.to_device(np.zeros(1, dtype=np.int32))
-        self.token_host = None  # what self.token holds, as far as the host knows
+        self.token_host = None  # what self.token holds, as far as the host knows (None: a step ahead changed it)
         self.graph = None
         self.warm = False
+        self.ahead = None  # the step launched ahead: (position, its input token, the model's passes then, slot, event)
+        self._slots = [np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.int32)]
+        if self.device.staging is not None:  # page-locked, so each token's copy down is asynchronous
+            self._slots = [self.device.staging.pinned((1,), np.int32) for _ in range(2)]
+        self._slot = 0
+        self.hits = 0  # calls answered by the step launched ahead
 
     @property
     def model(self):
@@ -828,25 +858,63 @@ class StepGraph:
         logits = self.model._last_logits(self.token, pos, tokens_on_device=True)
         self.token[...] = self.device.xp.argmax(logits)
 
+    def _capture(self, pos: int):
+        self.stream.begin_capture()
+        try:
+            self._step(pos)
+        finally:
+            graph = self.stream.end_capture()
+        return graph
+
+    def _replay(self) -> None:
+        self.graph.launch(self.stream)
+
+    def _token_down(self):
+        """Enqueue the chosen token's copy down (no wait): (its host slot, the event after it)."""
+        slot = self._slots[self._slot]
+        self._slot ^= 1
+        if self.device.staging is None:  # a device without page-locked buffers: a plain (synchronous) copy
+            slot[...] = self.device.to_host(self.token)
+            return slot, None
+        return slot, self.device.staging.copy_down(self.token, slot, self.stream)
+
+    def drain(self) -> None:
+        """Wait for whatever this graph's stream still runs (a step ahead), before its memory goes."""
+        self.stream.synchronize()
+        self.ahead = None
+
     def run(self, token: int, pos: int) -> int:
-        cp, position = self.device.xp, self.model.positions[self.device]
-        with cp.cuda.using_allocator(self.pool.malloc), self.stream, self.model._range("graph step at", pos):
-            if token != self.token_host:
-                self.token[...] = self.device.to_device(np.array([token], dtype=np.int32))
-            position.at(pos)
-            if self.graph is None and self.warm:
-                self.stream.begin_capture()
-                try:
-                    self._step(pos)
-                finally:
-                    position.host = pos  # the capture ran nothing: the step happens at the launch below
-                    graph = self.stream.end_capture()
-                self.graph = graph
-            if self.graph is not None:
-                self.graph.launch(self.stream)
-                position.host += 1
+        cp, model = self.device.xp, self.model
+        position = model.positions[self.device]
+        with cp.cuda.using_allocator(self.pool.malloc), self.stream, model._range("graph step at", pos):
+            ahead, self.ahead = self.ahead, None
+            if ahead is not None and ahead[:3] == (pos, token, model.passes):
+                slot, event = ahead[3:]
+                self.hits += 1
             else:
-                self._step(pos)
-                self.warm = True
-            self.token_host = int(self.device.to_host(self.token)[0])
-        return self.token_host
+                if token != self.token_host:
+                    self.token[...] = self.device.to_device(np.array([token], dtype=np.int32))
+                position.at(pos)
+                if self.graph is None and self.warm:
+                    try:
+                        self.graph = self._capture(pos)
+                    finally:
+                        position.host = pos  # the capture ran nothing: the step happens at the launch below
+                if self.graph is not None:
+                    self._replay()
+                    position.host += 1
+                else:
+                    self._step(pos)
+                    self.warm = True
+                slot, event = self._token_down()
+            if self.graph is not None and pos + 1 < model.max_seq_len:  # the next step, launched before waiting
+                self._replay()
+                position.host += 1
+                self.ahead = (pos + 1, None, model.passes, *self._token_down())
+            if event is not None:
+                event.synchronize()
+            chosen = int(slot[0])
+            if self.ahead is not None:
+                self.ahead = (pos + 1, chosen, *self.ahead[2:])  # its input: the token chosen here
+            self.token_host = None if self.ahead is not None else chosen
+        return chosen

@@ -24,6 +24,8 @@ class Stats:
     prefill_tokens: int = 0
     prefill_s: float = 0.0  # prompt forward pass and first sample: the time to first token
     decode_tokens: int = 0  # tokens made by single-token decode steps
+    # wall time from the first decode step's start to the last one's end, with whatever consumes the tokens in
+    # between: a GPU step launched ahead (``cuda.StepGraph``) runs during it, so only the wall time is a token's cost
     decode_s: float = 0.0
 
     @property
@@ -83,6 +85,7 @@ class Generation:
         token = model.next_token(self.prompt_ids, self.start_pos, self.sampling, self.rng)
         self.stats.prefill_tokens, self.stats.prefill_s = len(self.prompt_ids), time.perf_counter() - t0
         with model.decoding():
+            start = None
             for pos in range(P, P + self.max_new_tokens):
                 self.generated_ids.append(token)
                 yield token
@@ -91,9 +94,9 @@ class Generation:
                     return
                 if pos == P + self.max_new_tokens - 1:
                     break
-                t0 = time.perf_counter()
+                start = time.perf_counter() if start is None else start
                 token = model.next_token([token], pos, self.sampling, self.rng)
-                self.stats.decode_s += time.perf_counter() - t0
+                self.stats.decode_s = time.perf_counter() - start
                 self.stats.decode_tokens += 1
         self.finish_reason = "length"
 

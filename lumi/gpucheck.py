@@ -100,7 +100,13 @@ def _counting(device: Device, counts: Counter) -> Device:
             with _syncs(device, True):
                 return device.staging.down(a)
 
-        staging = SimpleNamespace(up=staged_up, down=staged_down)
+        def staged_copy_down(a, out, stream):  # a graph step's token, enqueued without a wait
+            counts["d2h"] += 1
+            counts["d2h_bytes"] += a.nbytes
+            return device.staging.copy_down(a, out, stream)
+
+        staging = SimpleNamespace(up=staged_up, down=staged_down, copy_down=staged_copy_down,
+                                  pinned=device.staging.pinned)
     return dataclasses.replace(device, to_device=up, to_host=down, staging=staging)
 
 
@@ -360,26 +366,31 @@ def transfers(device: Device, preset: str) -> dict:
     return {"preset": preset, "n_layers": config.n_layers, "rows": rows}
 
 
-def decode_speed(model: Model, device: Device, steps: int, warmup: int = 2) -> dict:
-    """Median host seconds per greedy decode step (the token chosen on the device), and by CUDA events on a GPU."""
+def decode_speed(model: Model, device: Device, steps: int, warmup: int = 2, batches: int = 3) -> dict:
+    """Seconds per greedy decode step (the token chosen on the device), the median of ``batches`` runs of
+    ``steps`` steps each timed whole, by the host clock and by CUDA events on a GPU. Whole runs, not single
+    steps: a graph's step launched ahead (``cuda.StepGraph``) overlaps the host's turnaround, which a wait for
+    the device after every step would undo."""
     events = not device.host_memory and hasattr(device.xp, "cuda")
     host, gpu = [], []
     with model.decoding():
         step = _Steps(model, pos=1, token=model.next_token([1], 0, SamplingParams(), None))
-        for i in range(warmup + steps):
+        for _ in range(warmup):
+            step()
+        for _ in range(batches):
             sync(device)
             if events:
                 start, end = device.xp.cuda.Event(), device.xp.cuda.Event()
                 start.record()
             t0 = time.perf_counter()
-            step()
+            for _ in range(steps):
+                step()
             t1 = time.perf_counter()
-            if i >= warmup:
-                host.append(t1 - t0)
-                if events:
-                    end.record()
-                    end.synchronize()
-                    gpu.append(device.xp.cuda.get_elapsed_time(start, end) / 1e3)
+            host.append((t1 - t0) / steps)
+            if events:
+                end.record()
+                end.synchronize()
+                gpu.append(device.xp.cuda.get_elapsed_time(start, end) / 1e3 / steps)
     result = {"decode_s_per_token": statistics.median(host)}
     if gpu:
         result["event_s_per_token"] = statistics.median(gpu)
@@ -412,7 +423,7 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
                       gpu_layers=-1, cuda_graphs=graphs)
         speed = decode_speed(model, dev, steps if dev.kernels is not None else max(3, steps // 4))
         if not rows and _cupy(dev):  # where the first run's step spends its GPU time, by kernel
-            speed["kernels"] = _launches(dev, _Steps(model, pos=1 + 2 + steps, token=7), 4)
+            speed["kernels"] = _launches(dev, _Steps(model, pos=1 + 2 + 3 * steps, token=7), 4)
         if graphs:  # a prompt's speed; 16-bit weights through GemmEx, and through widened blocks and sgemm
             speed.update(prefill_speed(model, dev, prompt_tokens))
             if dev.kernels is not None and dtype in ("fp16", "bf16"):

@@ -349,6 +349,7 @@ class Model:
                             and getattr(self.head.kernels, "graphs", False))
         self._graph = None
         self.graph_error = None
+        self.passes = 0  # forward passes run through _hidden (a replayed graph's steps are not among them)
         # NVTX ranges per step and per layer for GPU profilers (``LUMI_NVTX=1``); free when off
         self._range = ranges(device, os.environ.get("LUMI_NVTX") == "1" if nvtx is None else nvtx)
         self.rope = {}  # device -> (cos, sin), each (max_seq_len, hd/2), on every device a layer uses
@@ -358,6 +359,8 @@ class Model:
 
     def reset(self):
         """Forget the context: a fresh, empty KV cache."""
+        if self._graph is not None:
+            self._graph.drain()  # a step it launched ahead still writes the old cache
         self._graph = None  # it holds the old cache's addresses
         c = self.config
         self.cache = KVCache(c.n_layers, c.n_kv_heads, self.max_seq_len, c.head_dim, [d.xp for d in self.placement])
@@ -492,6 +495,7 @@ class Model:
 
     def _hidden(self, tokens, start_pos: int, tokens_on_device: bool = False):
         """Final-normed hidden states (T, d) for tokens at start_pos.. (already on the head's device: checked by the caller)."""
+        self.passes += 1  # a CUDA graph's step launched ahead is stale after any other forward pass
         if not tokens_on_device:
             tokens = np.asarray(tokens)
             self._check(tokens, start_pos)

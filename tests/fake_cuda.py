@@ -195,8 +195,17 @@ def _get(self, stream=None, out=None):
 DeviceArray.set, DeviceArray.get = _set, _get
 
 
+def _memcpy_async(dst, src, n, kind, stream):
+    assert kind == 2  # device to host: the only direction lumi enqueues itself
+    COPIES["d2h"] += 1
+    COPIES["d2h_bytes"] += n
+    ctypes.memmove(dst, src, n)
+
+
 class _Stream:
     """A stream that runs everything at once, and cannot capture a graph (``StepGraph`` falls back)."""
+
+    ptr = 0
 
     def record(self):
         return types.SimpleNamespace(synchronize=lambda: None)
@@ -221,6 +230,7 @@ CUDA = types.SimpleNamespace(
     cublas=types.SimpleNamespace(gemmEx=_gemm_ex, getPointerMode=lambda handle: CUBLAS["mode"],
                                  setPointerMode=_set_mode),
     device=types.SimpleNamespace(get_cublas_handle=lambda: 1),
+    runtime=types.SimpleNamespace(memcpyAsync=_memcpy_async, memcpyDeviceToHost=2),
     alloc_pinned_memory=_alloc_pinned, get_current_stream=_Stream, Stream=_Stream,
     MemoryPool=lambda: types.SimpleNamespace(malloc=None), using_allocator=lambda malloc: contextlib.nullcontext())
 

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 from conftest import asset
-from fake_cuda import CUBLAS, CUDA_FAKE, LAUNCHES, XP
+from fake_cuda import CUBLAS, CUDA, CUDA_FAKE, LAUNCHES, XP
 from fake_device import COPIES, DeviceArray
 
 from lumi.config import PRESETS
@@ -184,24 +184,15 @@ def test_the_step_graph_runs_its_first_step_eagerly_and_falls_back_when_capture_
 
     entered = []
 
-    class Stream:
+    class Stream(CUDA.Stream):
         def __enter__(self):
             entered.append("stream")
 
-        def __exit__(self, *exc):
-            pass
-
-        def begin_capture(self):
-            pass
-
-        def end_capture(self):
-            raise RuntimeError("the stand-in cannot capture a graph")
-
     pool = types.SimpleNamespace(malloc=object())
-    monkeypatch.setattr(XP, "cuda", types.SimpleNamespace(
-        Stream=Stream, MemoryPool=lambda: pool,
-        using_allocator=lambda malloc: (entered.append("pool") if malloc is pool.malloc else None)
-        or contextlib.nullcontext()), raising=False)
+    monkeypatch.setattr(XP, "cuda", types.SimpleNamespace(**{
+        **vars(CUDA), "Stream": Stream, "MemoryPool": lambda: pool,
+        "using_allocator": lambda malloc: (entered.append("pool") if malloc is pool.malloc else None)
+        or contextlib.nullcontext()}), raising=False)
     config = PRESETS["stories260K"]
     weights = synthetic_weights(config, seed=5)
     model, expected = Model(config, weights, device=CUDA_FAKE, gpu_layers=-1), Model(config, weights)
@@ -281,3 +272,55 @@ def test_rmsnorm_takes_a_prompt_one_block_per_token():
                                rtol=1e-6)
     assert LAUNCHES == [("rmsnorm", (5,), (96,))]
     assert Kernels(XP).rmsnorm(put(np.ones((5, 192)))[:, ::2], w, np.float32(1e-5)) is None  # not contiguous
+
+
+def test_the_step_graph_runs_one_step_ahead_and_takes_it_only_when_asked_for_exactly(monkeypatch):
+    """A graph emulated (a replay is the captured step run eagerly at the device's position): each call launches
+    the next step before waiting for its own token, and the next call takes it when it asks for exactly that
+    step. Greedy ids equal the CPU's throughout; a steady step sends nothing up and brings 4 bytes down; a jump,
+    another forward pass of the model or a reset discards the step ahead; none is launched past the context."""
+    from lumi.cuda import StepGraph
+    from lumi.sampler import SamplingParams
+
+    def replay(graph):
+        position = graph.model.positions[graph.device]
+        mirror, passes = position.host, graph.model.passes
+        position.host = int(position.buffer[0])
+        graph._step(position.host)  # reads the token and position on the device and advances it there, as captured
+        position.host, graph.model.passes = mirror, passes  # run() keeps the mirror; a replay is no forward pass
+
+    monkeypatch.setattr(StepGraph, "_capture", lambda graph, pos: "graph")
+    monkeypatch.setattr(StepGraph, "_replay", replay)
+    config = PRESETS["stories260K"]
+    weights = synthetic_weights(config, seed=5)
+    model = Model(config, weights, device=CUDA_FAKE, gpu_layers=-1, max_seq_len=16)
+    cpu = Model(config, weights, max_seq_len=16)
+    greedy, rng = SamplingParams(), np.random.default_rng(0)
+
+    def both(tokens, pos):
+        got, want = model.next_token(tokens, pos, greedy, rng), cpu.next_token(tokens, pos, greedy, rng)
+        assert got == want, (tokens, pos)
+        return got
+
+    token = both([1, 40, 80], 0)
+    for pos in range(3, 9):  # eager, captured, then replays, each with the next step launched ahead
+        COPIES.clear()
+        token = both([token], pos)
+        if pos >= 6:  # steady: the step asked for was already running; nothing up, the 4-byte token down
+            assert (COPIES["h2d"], COPIES["d2h"], COPIES["d2h_bytes"]) == (0, 1, 4)
+    graph = model._graph
+    assert graph.hits == 4 and graph.ahead[:2] == (9, token)
+    both([7], 9)  # the right position, another token: the step ahead is discarded
+    assert graph.hits == 4
+    token = both([token], 3)  # a jump back: likewise (what the step ahead wrote past position 3 is never read)
+    token = both([token], 4)
+    assert graph.hits == 5
+    model.decode(token, 5), cpu.decode(token, 5)  # another forward pass: the step ahead for position 5 is stale
+    token = both([token], 5)
+    assert graph.hits == 5
+    for pos in range(6, 16):  # up to the end of the context: no step is launched past it
+        token = both([token], pos)
+    assert graph.ahead is None and graph.token_host == token
+    model.reset(), cpu.reset()
+    assert model._graph is None
+    both([1, 2], 0)
