@@ -833,6 +833,8 @@ class StepGraph:
     position and token are sent up again as after any jump.
     """
 
+    lookahead = True  # launch the next step before waiting (False: one step at a time, for comparison)
+
     def __init__(self, model):
         self._model = weakref.ref(model)  # the model owns this graph: no cycle keeps its device memory alive
         self.device = model.head
@@ -907,7 +909,7 @@ class StepGraph:
                     self._step(pos)
                     self.warm = True
                 slot, event = self._token_down()
-            if self.graph is not None and pos + 1 < model.max_seq_len:  # the next step, launched before waiting
+            if self.lookahead and self.graph is not None and pos + 1 < model.max_seq_len:  # launched before waiting
                 self._replay()
                 position.host += 1
                 self.ahead = (pos + 1, None, model.passes, *self._token_down())

@@ -371,7 +371,7 @@ def decode_speed(model: Model, device: Device, steps: int, warmup: int = 2, batc
     ``steps`` steps each timed whole, by the host clock and by CUDA events on a GPU. Whole runs, not single
     steps: a graph's step launched ahead (``cuda.StepGraph``) overlaps the host's turnaround, which a wait for
     the device after every step would undo."""
-    events = not device.host_memory and hasattr(device.xp, "cuda")
+    events = _cupy(device)
     host, gpu = [], []
     with model.decoding():
         step = _Steps(model, pos=1, token=model.next_token([1], 0, SamplingParams(), None))
@@ -416,15 +416,22 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
     config = PRESETS[preset]
     rows = []
     runs = [(dtype, device, True) for dtype in dtypes]  # replayed as a CUDA graph where the model allows
-    if device.kernels is not None:  # the same step launched eagerly, and composed from CuPy's array functions
-        runs += [(dtypes[0], device, False), (dtypes[0], dataclasses.replace(device, kernels=None), False)]
+    if device.kernels is not None:  # the graph one step at a time; launched eagerly; CuPy's array functions
+        runs += [(dtypes[0], device, "one at a time"), (dtypes[0], device, False),
+                 (dtypes[0], dataclasses.replace(device, kernels=None), False)]
+    from .cuda import StepGraph
+
     for dtype, dev, graphs in runs:
         model = Model(config, DeviceWeights(config, dev), max_seq_len=prompt_tokens + 64, dtype=dtype, device=dev,
-                      gpu_layers=-1, cuda_graphs=graphs)
-        speed = decode_speed(model, dev, steps if dev.kernels is not None else max(3, steps // 4))
+                      gpu_layers=-1, cuda_graphs=bool(graphs))
+        StepGraph.lookahead = graphs is True
+        try:
+            speed = decode_speed(model, dev, steps if dev.kernels is not None else max(3, steps // 4))
+        finally:
+            StepGraph.lookahead = True
         if not rows and _cupy(dev):  # where the first run's step spends its GPU time, by kernel
             speed["kernels"] = _launches(dev, _Steps(model, pos=1 + 2 + 3 * steps, token=7), 4)
-        if graphs:  # a prompt's speed; 16-bit weights through GemmEx, and through widened blocks and sgemm
+        if graphs is True:  # a prompt's speed; 16-bit weights through GemmEx, and through widened blocks and sgemm
             speed.update(prefill_speed(model, dev, prompt_tokens))
             if dev.kernels is not None and dtype in ("fp16", "bf16"):
                 dev.kernels.use_gemm = False
@@ -434,7 +441,10 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
                 finally:
                     dev.kernels.use_gemm = True
         bytes_per_token = model.decode_weight_bytes()
-        rows.append({"dtype": dtype, "mode": model.gpu_step(), "graph_error": model.graph_error, **speed,
+        mode = model.gpu_step()
+        if mode and graphs == "one at a time":
+            mode += " (one step at a time)"
+        rows.append({"dtype": dtype, "mode": mode, "graph_error": model.graph_error, **speed,
                      "decode_tokens_per_s": 1 / speed["decode_s_per_token"], "weight_bytes_per_token": bytes_per_token,
                      "fraction_of_copy_bandwidth": bytes_per_token / speed["decode_s_per_token"] / copy,
                      "paths": model.widening_paths()})

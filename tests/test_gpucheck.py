@@ -72,3 +72,20 @@ def test_crossing_times_on_the_emulated_gpu():
     rows = crossing_speed(CUDA_FAKE, 64, repeats=2)
     assert [r["tokens"] for r in rows] == [1, 128] and rows[1]["bytes"] == 128 * 64 * 4
     assert all(r["pageable_round_trip_us"] > 0 and r["staged_round_trip_us"] > 0 for r in rows)
+
+
+def test_the_bandwidth_section_on_the_emulated_gpu():
+    """Its runs (graphs, one step at a time, eager, array functions) and the prompt speeds, GemmEx against widened
+    for 16-bit weights; the stand-in cannot capture, so its graph runs record why and decode eagerly."""
+    from fake_cuda import CUDA_FAKE
+
+    from lumi.gpucheck import bandwidth
+
+    rows = bandwidth(CUDA_FAKE, "stories260K", ["fp16", "int8"], 3, 1 << 20, prompt_tokens=16)["rows"]
+    assert [(r["dtype"], r["mode"]) for r in rows] == [
+        ("fp16", "lumi-kernels"), ("int8", "lumi-kernels"), ("fp16", "lumi-kernels (one step at a time)"),
+        ("fp16", "lumi-kernels"), ("fp16", "array-functions")]
+    assert all("cannot capture" in r["graph_error"] for r in rows[:3]) and rows[3]["graph_error"] is None
+    assert rows[0]["prefill_tokens_per_s"] > 0 and rows[0]["prefill_tokens_per_s_widened"] > 0
+    assert "prefill_tokens_per_s_widened" not in rows[1]  # int8 prompts have one path
+    assert all(r["decode_s_per_token"] > 0 for r in rows)
