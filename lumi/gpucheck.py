@@ -301,15 +301,26 @@ def golden(device: Device, assets: Path) -> dict:
 
 
 def _launches(device: Device, step, n: int) -> dict | None:
-    """Kernels and copies the GPU ran over n calls of ``step``, per call, by name (CUPTI through torch.profiler)."""
+    """Kernels and copies the GPU ran over n calls of ``step``, per call, by name (CUPTI through torch.profiler).
+    A graph runs one step at a time here: a step launched ahead would put n + 1 steps' work in the window."""
     try:
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
         return None
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            step()
-        sync(device)
+    from .cuda import StepGraph
+
+    graph = getattr(getattr(step, "model", None), "_graph", None)
+    if graph is not None:
+        graph.drain()  # a step launched ahead before the window is not counted in it: the first call runs its own
+    sync(device)
+    StepGraph.lookahead = False
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                step()
+            sync(device)
+    finally:
+        StepGraph.lookahead = True
     names, micros = Counter(), Counter()
     for event in prof.events():
         if str(getattr(event, "device_type", "")).endswith("CUDA"):
@@ -368,9 +379,11 @@ def transfers(device: Device, preset: str) -> dict:
 
 def decode_speed(model: Model, device: Device, steps: int, warmup: int = 2, batches: int = 3) -> dict:
     """Seconds per greedy decode step (the token chosen on the device), the median of ``batches`` runs of
-    ``steps`` steps each timed whole, by the host clock and by CUDA events on a GPU. Whole runs, not single
-    steps: a graph's step launched ahead (``cuda.StepGraph``) overlaps the host's turnaround, which a wait for
-    the device after every step would undo."""
+    ``steps`` steps each timed whole, by the host clock and by CUDA events on a GPU. Whole runs in the steady
+    state, never a wait for the device between steps: a graph's step launched ahead (``cuda.StepGraph``)
+    overlaps the host's turnaround, and each run starts after an untimed step, so that the step it first asks
+    for is one launched ahead by a timed step, not one the device finished before the clock started (which
+    would count 15 steps' work as 16). The events bracket the same work: each follows the step launched ahead."""
     events = _cupy(device)
     host, gpu = [], []
     with model.decoding():
@@ -378,7 +391,7 @@ def decode_speed(model: Model, device: Device, steps: int, warmup: int = 2, batc
         for _ in range(warmup):
             step()
         for _ in range(batches):
-            sync(device)
+            step()  # untimed: the steady state starts after it
             if events:
                 start, end = device.xp.cuda.Event(), device.xp.cuda.Event()
                 start.record()
@@ -430,7 +443,7 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
         finally:
             StepGraph.lookahead = True
         if not rows and _cupy(dev):  # where the first run's step spends its GPU time, by kernel
-            speed["kernels"] = _launches(dev, _Steps(model, pos=1 + 2 + 3 * steps, token=7), 4)
+            speed["kernels"] = _launches(dev, _Steps(model, pos=1 + 2 + 3 * (steps + 1), token=7), 4)
         if graphs is True:  # a prompt's speed; 16-bit weights through GemmEx, and through widened blocks and sgemm
             speed.update(prefill_speed(model, dev, prompt_tokens))
             if dev.kernels is not None and dtype in ("fp16", "bf16"):
