@@ -16,9 +16,11 @@ fails:
   PyTorch is installed);
 - bandwidth: device-to-device copy bandwidth, then decode sec/token (host
   clock and CUDA events) of a big synthetic shape with everything on the GPU,
-  per storage dtype, and the fraction of that bandwidth it reaches; once more
-  with the step composed from CuPy's array functions, for comparison; and a
-  128-token prompt's speed (16-bit: through GemmEx, and widened for sgemm);
+  per storage dtype, and the fraction of that bandwidth it reaches; for
+  comparison, the graph one step at a time (no step launched ahead), the
+  kernels launched eagerly, and the step composed from CuPy's array
+  functions; and a 128-token prompt's speed (16-bit: through GemmEx, and
+  widened for sgemm);
 - offload: decode sec/token as a function of gpu_layers and dtype under a
   memory-pool limit that emulates a 12 GiB card, up to the most that fit; and
   an activation's round trip across the boundary, pageable against staged.
