@@ -70,8 +70,11 @@ def path(w) -> str | None:
     return None if k is None else f"{k}-numba-fused"
 
 
-def gemv(x, w):
-    """x (1, in) @ w.T as float32 (1, out), on numba's threads; None when no kernel reads w."""
+def gemv(x, w, out=None, add: bool = False):
+    """x (1, in) @ w.T as float32 (1, out), on numba's threads; None when no kernel reads w.
+
+    ``out`` (1, out): written (``add``: added into) instead of a new array.
+    """
     k = kind(w)
     if k is None:
         return None
@@ -80,13 +83,14 @@ def gemv(x, w):
         serial, parallel, operands = fk.q8_rows, fk.q8_product, (w.q, w.scales)
     else:
         serial, parallel, operands = fk.rows, fk.product, (w.a.view(_BITS[k]) if k in _BITS else w,)
-    out = np.empty(w.shape[0], dtype=np.float32)
+    if out is None:
+        out = np.empty((1, w.shape[0]), dtype=np.float32)
     vector = np.ascontiguousarray(x[0], dtype=np.float32)
     if w.nbytes < PARALLEL_MIN_BYTES:  # starting the pool (about 5 us) would cost more than it saves
-        serial(*operands, vector, out, 0, len(out))
+        serial(*operands, vector, out[0], 0, out.shape[1], add)
     else:
-        parallel(*operands, vector, out, _shares or fk.numba.get_num_threads())
-    return out[None, :]
+        parallel(*operands, vector, out[0], _shares or fk.numba.get_num_threads(), add)
+    return out
 
 
 _shares = None  # numba's thread count inside ``one_pool``: asking numba for it costs 1 us a product
@@ -147,11 +151,11 @@ def _one_token(x) -> bool:
     return isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape[0] == 1
 
 
-def rmsnorm(x, w, eps):
-    """x (1, d) normed by w (d,), float32 (1, d)."""
+def rmsnorm(x, w, eps, out=None):
+    """x (1, d) normed by w (d,), float32 (1, d) (into ``out`` when given)."""
     if not (_one_token(x) and x.ndim == 2):
         return None
-    out = np.empty_like(x)
+    out = np.empty_like(x) if out is None else out
     _kernels().rmsnorm_row(x[0], w, np.float32(eps), out[0])
     return out
 
@@ -164,27 +168,30 @@ def rope(x, cos, sin, start_pos: int, layout: str) -> bool:
     return True
 
 
-def swiglu(gu, hidden_dim: int):
-    """silu(gate) * up for gu (1, 2 hidden), float32 (1, hidden)."""
+def swiglu(gu, hidden_dim: int, out=None):
+    """silu(gate) * up for gu (1, 2 hidden), float32 (1, hidden) (into ``out`` when given)."""
     if not (_one_token(gu) and gu.ndim == 2):
         return None
-    out = np.empty((1, hidden_dim), dtype=np.float32)
+    out = np.empty((1, hidden_dim), dtype=np.float32) if out is None else out
     _kernels().swiglu_row(gu[0], hidden_dim, out[0])
     return out
 
 
-def attention(q, k, v, L: int):
+def attention(q, k, v, L: int, out=None, scores=None):
     """One query token q (1, H, hd) against positions 0..L-1 of a layer's cache k, v (Hkv, S, hd), each
     C-contiguous (whole heads: numba vectorizes over their rows, not over a slice's strides): float32 (1, H * hd).
+    ``out`` (1, H * hd) and ``scores`` (at least threads x L floats) are used instead of new arrays when given.
     """
     if not (_one_token(q) and q.ndim == 3 and k.dtype == v.dtype == np.float32 and k.flags.c_contiguous
             and v.flags.c_contiguous and k.shape == v.shape and L <= k.shape[1]):
         return None
     _, H, hd = q.shape
-    out = np.empty((1, H * hd), dtype=np.float32)
+    out = np.empty((1, H * hd), dtype=np.float32) if out is None else out
     fk, scale, shares = _kernels(), np.float32(1 / math.sqrt(hd)), min(_shares or 1, H)
+    if scores is None or scores.size < shares * L:
+        scores = np.empty(shares * L, dtype=np.float32)
     if shares > 1 and 2 * H * L * hd * 4 >= PARALLEL_MIN_BYTES:  # the cache read from memory, not L1: split heads
-        fk.attend_parallel(q[0], k, v, L, scale, out.reshape(H, hd), np.empty((shares, L), np.float32), shares)
+        fk.attend_parallel(q[0], k, v, L, scale, out.reshape(H, hd), scores[: shares * L].reshape(shares, L), shares)
     else:
-        fk.attend_heads(q[0], k, v, L, scale, out.reshape(H, hd), np.empty(L, dtype=np.float32), 0, H)
+        fk.attend_heads(q[0], k, v, L, scale, out.reshape(H, hd), scores, 0, H)
     return out

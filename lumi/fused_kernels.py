@@ -91,8 +91,9 @@ def _widen(w, r, c):
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def rows(w, x, out, r0, r1):
-    """out[r] = sum_c widen(w, r, c) * x[c] for r0 <= r < r1, four rows per pass over x (kept in L1).
+def rows(w, x, out, r0, r1, add):
+    """out[r] = sum_c widen(w, r, c) * x[c] for r0 <= r < r1 (``add``: out[r] += ...), four rows per pass over x
+    (kept in L1).
 
     Plain loops over whole rows: fastmath lets LLVM vectorize the sums (a loop
     over scale blocks instead fell back to gathers, 2-3x slower).
@@ -107,24 +108,26 @@ def rows(w, x, out, r0, r1):
             s1 += widen(w, r + 1, c) * xc
             s2 += widen(w, r + 2, c) * xc
             s3 += widen(w, r + 3, c) * xc
+        if add:
+            s0, s1, s2, s3 = s0 + out[r], s1 + out[r + 1], s2 + out[r + 2], s3 + out[r + 3]
         out[r], out[r + 1], out[r + 2], out[r + 3] = s0, s1, s2, s3
         r += 4
     for r in range(r, r1):  # the last rows of this share
         s0 = np.float32(0)
         for c in range(cols):
             s0 += widen(w, r, c) * x[c]
-        out[r] = s0
+        out[r] = s0 + out[r] if add else s0
 
 
 @njit(nogil=True, fastmath=True, parallel=True, cache=True)
-def product(w, x, out, shares):
+def product(w, x, out, shares, add):
     n = w.shape[0]
     for i in prange(shares):
-        rows(w, x, out, n * i // shares, n * (i + 1) // shares)
+        rows(w, x, out, n * i // shares, n * (i + 1) // shares, add)
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def q8_rows(q, scales, x, out, r0, r1):
+def q8_rows(q, scales, x, out, r0, r1, add):
     """out[r] = sum_b scales[r, b] * sum_j q[r, b*QK + j] * x[b*QK + j], four rows at a time.
 
     Each block ends in a sum across the vector, which leaves the core too few
@@ -157,6 +160,8 @@ def q8_rows(q, scales, x, out, r0, r1):
             a1 += s1 * scales[r + 1, b]
             a2 += s2 * scales[r + 2, b]
             a3 += s3 * scales[r + 3, b]
+        if add:
+            a0, a1, a2, a3 = a0 + out[r], a1 + out[r + 1], a2 + out[r + 2], a3 + out[r + 3]
         out[r], out[r + 1], out[r + 2], out[r + 3] = a0, a1, a2, a3
         r += 4
     for r in range(r, r1):
@@ -166,14 +171,14 @@ def q8_rows(q, scales, x, out, r0, r1):
             for j in range(QK):
                 s0 += widen(q, r, b * QK + j) * x[b * QK + j]
             a0 += s0 * scales[r, b]
-        out[r] = a0
+        out[r] = a0 + out[r] if add else a0
 
 
 @njit(nogil=True, fastmath=True, parallel=True, cache=True)
-def q8_product(q, scales, x, out, shares):
+def q8_product(q, scales, x, out, shares, add):
     n = q.shape[0]
     for i in prange(shares):
-        q8_rows(q, scales, x, out, n * i // shares, n * (i + 1) // shares)
+        q8_rows(q, scales, x, out, n * i // shares, n * (i + 1) // shares, add)
 
 
 # -- the rest of a decode step: one call each where NumPy takes five to ten ----------------------------------

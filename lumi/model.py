@@ -148,53 +148,79 @@ def swiglu(gu, hidden_dim: int, xp):
     return act
 
 
-def fused_linear(x, w, residual=None):
-    """``linear`` through lumi's fused numba kernel for a single token (``fused.gemv``), else as usual."""
-    if x.shape[0] == 1:
-        out = fused.gemv(x, w)
-        if out is not None:
-            if residual is None:
-                return out
-            residual += out
-            return residual
-    return linear(x, w, residual)
+def fused_ops(output) -> dict:
+    """``--kernels numba``: each operation of a one-token step on the host through lumi's numba kernels.
 
+    Outputs go to buffers kept from step to step, one per role and shape (each
+    output is consumed before its role comes round again in a step: a norm's by
+    the next product, a product's by the next operation), and products with a
+    residual add into it in the kernel. So a decode step on the host allocates
+    no array but the logits it returns (``output``'s product is a new array: a
+    caller may keep it). Anything these kernels decline (a prompt, a weight
+    without a kernel, a device's arrays) runs NumPy's operation as usual.
+    """
+    buffers: dict = {}
 
-def fused_norm(x, w, eps, xp):
-    y = fused.rmsnorm(x, w, eps) if xp is np else None
-    return y if y is not None else rmsnorm(x, w, eps, xp)
+    def buffer(role: str, shape: tuple):
+        b = buffers.get((role, shape))
+        if b is None:
+            b = buffers[role, shape] = np.empty(shape, dtype=F32)
+        return b
 
+    def matmul(x, w, residual=None):
+        if x.shape[0] == 1 and isinstance(x, np.ndarray):
+            if residual is not None:
+                if fused.gemv(x, w, residual, add=True) is not None:
+                    return residual
+            else:
+                y = fused.gemv(x, w, None if w is output else buffer("product", (1, w.shape[0])))
+                if y is not None:
+                    return y
+        return linear(x, w, residual)
 
-def fused_rope(x, cos, sin, start_pos: int, layout: str):
-    if not (isinstance(cos, np.ndarray) and fused.rope(x, cos, sin, start_pos, layout)):
-        apply_rope(x, cos, sin, start_pos, layout)
+    def norm(x, w, eps, xp):
+        y = fused.rmsnorm(x, w, eps, buffer("norm", x.shape)) if xp is np else None
+        return y if y is not None else rmsnorm(x, w, eps, xp)
 
+    def rope(x, cos, sin, start_pos: int, layout: str):
+        if not (isinstance(cos, np.ndarray) and fused.rope(x, cos, sin, start_pos, layout)):
+            apply_rope(x, cos, sin, start_pos, layout)
 
-def fused_cache(cache: KVCache, layer: int, start_pos: int, kv):
-    """``update_cache``, returning the layer's whole keys and values (Hkv, S, hd): ``fused_attention`` reads the
-    live part (and slices it for NumPy's operation where its kernel does not apply)."""
-    whole = cache.kv[layer]
-    if kv.shape[0] == 1:
-        whole[:, :, start_pos] = kv[0]  # one token: (2, Hkv, hd), no transposed view to walk
-    else:
-        cache.update(layer, start_pos, kv)
-    return whole[0], whole[1]
+    def cache(kv_cache: KVCache, layer: int, start_pos: int, kv):
+        # the layer's whole keys and values (Hkv, S, hd): attention below reads the live part (and slices it for
+        # NumPy's operation where its kernel does not apply)
+        whole = kv_cache.kv[layer]
+        if kv.shape[0] == 1 and isinstance(whole, np.ndarray):
+            whole[:, :, start_pos] = kv[0]  # one token: (2, Hkv, hd), no transposed view to walk
+        else:
+            kv_cache.update(layer, start_pos, kv)
+        return whole[0], whole[1]
 
+    def attend(q, k, v, start_pos: int, xp):
+        L = start_pos + q.shape[0]
+        out = None
+        if xp is np:
+            out = fused.attention(q, k, v, L, buffer("attention", (1, q.shape[1] * q.shape[2])),
+                                  buffer("scores", (2 * k.shape[1],)))
+        return out if out is not None else attention(q, k[:, :L], v[:, :L], start_pos, xp)
 
-def fused_swiglu(gu, hidden_dim: int, xp):
-    y = fused.swiglu(gu, hidden_dim) if xp is np else None
-    return y if y is not None else swiglu(gu, hidden_dim, xp)
+    def activation(gu, hidden_dim: int, xp):
+        y = fused.swiglu(gu, hidden_dim, buffer("activation", (1, hidden_dim))) if xp is np else None
+        return y if y is not None else swiglu(gu, hidden_dim, xp)
 
+    def embed_token(table, tokens):
+        if len(tokens) == 1 and isinstance(tokens, np.ndarray) and isinstance(table, (np.ndarray, HalfMatrix, BlockQ8)):
+            x = buffer("x", (1, table.shape[1]))  # the residual stream, which the step then adds into
+            t = int(tokens[0])
+            if isinstance(table, np.ndarray):
+                x[...] = table[t]
+            else:
+                table.widen_rows(t, t + 1, x)
+            return x
+        return embed(table, tokens)
 
-def fused_attention(q, k, v, start_pos: int, xp):
-    L = start_pos + q.shape[0]
-    out = fused.attention(q, k, v, L) if xp is np else None
-    return out if out is not None else attention(q, k[:, :L], v[:, :L], start_pos, xp)
-
-
-# ``--kernels numba``: each operation of a one-token step on the host through lumi's numba kernels
-FUSED_OPS = dict(matmul=fused_linear, norm=fused_norm, rope=fused_rope, cache=fused_cache, attention=fused_attention,
-                 activation=fused_swiglu)
+    return dict(matmul=matmul, norm=norm, rope=rope, cache=cache, attention=attend, activation=activation,
+                embed=embed_token)
 
 
 def embed(table, tokens):
@@ -333,7 +359,7 @@ class Model:
         self.eps = F32(c.norm_eps)
         self.ops = SimpleNamespace(**OPS)  # the host layers' operations (and prompts' without a GPU's kernels)
         if kernels == "numba":
-            vars(self.ops).update(FUSED_OPS)
+            vars(self.ops).update(fused_ops(self.output))
         # the operations of one-token steps on each device: a GPU's fused kernels, which read the position
         # from the device (``cuda.Position``); the host's own; the generic ones elsewhere
         self.positions = {dev: Position(dev, dev.kernels) for dev in set(self.placement) if dev.kernels}

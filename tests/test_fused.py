@@ -16,7 +16,7 @@ from lumi.config import PRESETS  # noqa: E402
 from lumi.errors import UsageError  # noqa: E402
 from lumi.formats.synthetic import synthetic_weights  # noqa: E402
 from lumi.backends import CPU  # noqa: E402
-from lumi.model import Model, fused_linear  # noqa: E402
+from lumi.model import Model, fused_ops  # noqa: E402
 from lumi.weights import BLAS, BlockQ8, HalfMatrix, quantize_q8, to_storage, widened_matmul_t  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -89,9 +89,7 @@ def test_weights_without_a_kernel_stay_on_the_numpy_path():
     assert isinstance(per_row, BlockQ8) and fused.kind(per_row) is None
     x = np.ones((1, 40), dtype=np.float32)
     assert fused.gemv(x, per_row) is None
-    from lumi.model import fused_linear
-
-    np.testing.assert_array_equal(fused_linear(x, per_row), widened_matmul_t(x, per_row))
+    np.testing.assert_array_equal(fused_ops(None)["matmul"](x, per_row), widened_matmul_t(x, per_row))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -192,7 +190,8 @@ def test_numba_kernels_run_the_host_layers_of_a_partial_offload():
     weights = synthetic_weights(config)
     expected = Model(config, weights)
     model = Model(config, weights, device=FAKE, gpu_layers=2, kernels="numba")
-    assert model.step_ops[CPU].matmul is fused_linear and model.step_ops[FAKE].matmul is not fused_linear
+    numba_op = "fused_ops.<locals>.matmul"
+    assert model.step_ops[CPU].matmul.__qualname__ == numba_op and model.step_ops[FAKE].matmul.__qualname__ != numba_op
     expected.prefill(np.array([1, 2], dtype=np.int32))
     model.prefill(np.array([1, 2], dtype=np.int32))
     with model.decoding():
@@ -260,3 +259,30 @@ def test_a_numba_step_calls_each_small_kernel_once_a_layer(monkeypatch):
         model.decode(5, 3)
     n = config.n_layers
     assert calls == {"rmsnorm": 2 * n + 1, "rope": n, "swiglu": n, "attention": n}
+
+
+def test_a_numba_decode_step_allocates_no_array_but_its_logits():
+    """tracemalloc's peak over a decode step, past warm-up: with rows of 2048 floats (8 KiB) and 32 logits, any
+    array the step made would show; the NumPy path's temporaries do."""
+    import tracemalloc
+
+    config = PRESETS["stories15M"].replace(dim=2048, n_heads=16, n_kv_heads=16, hidden_dim=512, n_layers=1,
+                                           vocab_size=32, max_seq_len=64)
+    weights = synthetic_weights(config, seed=1)
+    peaks = {}
+    for kernels in ("numba", "numpy"):
+        model = Model(config, weights, kernels=kernels)
+        model.prefill(np.array([1, 2, 3], dtype=np.int32))
+        with model.decoding():
+            for pos in range(3, 12):  # warm-up: buffers made, and each kernel loaded (attention's threaded one at L 8)
+                model.decode(4, pos)
+            tracemalloc.start()
+            try:
+                for pos in range(12, 16):
+                    before = tracemalloc.get_traced_memory()[0]
+                    tracemalloc.reset_peak()
+                    model.decode(4, pos)
+                    peaks[kernels] = max(peaks.get(kernels, 0), tracemalloc.get_traced_memory()[1] - before)
+            finally:
+                tracemalloc.stop()
+    assert peaks["numba"] < 4096 < 8192 < peaks["numpy"]  # Python's own small objects only / arrays
