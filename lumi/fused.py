@@ -8,7 +8,10 @@ matrix-vector product that reads each stored row once, widens each element in
 a register (bf16: shift into a float's high half; fp16: the CPU's own
 half-to-float conversion; int8: times its block's scale),
 accumulates in float32, and takes four rows per pass over the input vector.
-fp32 weights get the same four-row kernel.
+fp32 weights get the same four-row kernel. The rest of a one-token step
+(RMSNorm, RoPE, SwiGLU, attention) is one numba call each, where NumPy takes
+five to ten; with outputs passed in (``model.fused_ops`` keeps them from step
+to step) a decode step allocates no array but its logits.
 
 Only single-token products (decode) take this path; a prompt's products are
 matrix-matrix work, where BLAS sgemm on widened blocks is already near the
