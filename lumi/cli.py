@@ -284,6 +284,10 @@ def _run_bench(args) -> int:
                              or doc["bandwidth"][str(result["threads"])]["gemv_bytes_per_s"])
                 result["bandwidth_fraction"] = (
                     result["weight_bytes_per_token"] / result["decode_s_per_token"] / bandwidth)
+                if "device_copy_bytes_per_s" not in result:  # the host's sgemm rate: a CPU prompt's floor
+                    rate = doc["bandwidth"][str(result["threads"])]["sgemm_flops_per_s"]
+                    result["prefill_sgemm_fraction"] = (
+                        result["prefill_flops_per_token"] * result["prefill_tokens_per_s"] / rate)
                 doc["results"].append(result)
         doc["complete"] = True
     except KeyboardInterrupt:

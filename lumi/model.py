@@ -424,6 +424,16 @@ class Model:
         arrays.pop("tok_embeddings")
         return sum(a.nbytes for a in arrays.values()) + self.output.nbytes * (self.output is self.tok_embeddings)
 
+    def prefill_flops(self, T: int) -> float:
+        """Floating-point operations of a T-token prompt at position 0: two per weight of every layer's
+        products per token, the classifier's for the last position only, and attention's scores and weighted
+        sums (causal: token t sees t + 1 positions)."""
+        c = self.config
+        layer = self.layers[0]
+        weights = sum(math.prod(w.shape) for w in (layer.wqkv, layer.wo, layer.w13, layer.w2))
+        seen = T * (T + 1) / 2  # positions attended to, summed over the prompt's tokens
+        return (2 * T * weights + 4 * c.n_heads * c.head_dim * seen) * c.n_layers + 2 * math.prod(self.output.shape)
+
     def gpu_step(self) -> str | None:
         """What this model's one-token steps ran on a GPU: "cuda-graph", "lumi-kernels" (launched one by one),
         "array-functions" (a device without lumi's kernels), or None when no layer is on one."""

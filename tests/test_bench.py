@@ -121,16 +121,18 @@ def test_bench_json_has_the_promised_fields(tmp_path, capsys):
     doc = json.loads(out_file.read_text())
     assert doc["schema_version"] == 1 and doc["complete"] is True
     assert doc["env"]["lumi_version"] and doc["env"]["numpy"] and doc["env"]["cpu"]
-    assert doc["bandwidth"]["1"]["gemv_bytes_per_s"] > 0
+    assert doc["bandwidth"]["1"]["gemv_bytes_per_s"] > 0 and doc["bandwidth"]["1"]["sgemm_flops_per_s"] > 0
     assert len(doc["results"]) == 2
     r = doc["results"][0]
     for key in ("prefill_tokens", "prefill_s", "prefill_tokens_per_s", "decode_tokens", "decode_s",
                 "decode_s_per_token", "decode_tokens_per_s", "ttft_s", "load_s", "peak_rss_bytes",
-                "weight_bytes_per_token", "bandwidth_fraction", "samples", "ids_fingerprint"):
+                "weight_bytes_per_token", "bandwidth_fraction", "prefill_flops_per_token", "prefill_sgemm_fraction",
+                "samples", "ids_fingerprint"):
         assert key in r, key
     assert r["prefill_tokens"] == 8 and r["decode_tokens"] == 5 and r["threads_applied"] == 1
     assert len(r["samples"]["decode_s_per_token"]) == 2
     assert r["peak_rss_bytes"] > 10 * 2**20 and 0 < r["bandwidth_fraction"] < 100
+    assert 0 < r["prefill_sgemm_fraction"] < 100
     assert r["ids_fingerprint"] == doc["results"][1]["ids_fingerprint"] or r["test"] != doc["results"][1]["test"]
     for fmt in ("--csv", "--markdown"):
         assert main(["bench", str(path), fmt]) == 0
@@ -215,3 +217,17 @@ def test_bad_references_name_the_key(tmp_path):
         path.write_text(TINY + text + "\n")
         with pytest.raises(ConfigError, match=f": {key}: "):
             load_config(path)
+
+
+def test_a_prompts_flops_count_products_attention_and_the_last_classifier_row():
+    from lumi.config import PRESETS
+    from lumi.formats.synthetic import synthetic_weights
+    from lumi.model import Model
+
+    c = PRESETS["stories260K"]  # dim 64, hidden 172, 5 layers, 8 heads of 8, 4 kv heads, vocab 512
+    model = Model(c, synthetic_weights(c))
+    kv = c.n_kv_heads * c.head_dim
+    per_layer = c.dim * (c.dim + 2 * kv) + c.dim * c.dim + 2 * c.hidden_dim * c.dim + c.dim * c.hidden_dim
+    T = 10
+    attention = 4 * c.n_heads * c.head_dim * (T * (T + 1) // 2)  # scores and sums over 1 + 2 + ... + T positions
+    assert model.prefill_flops(T) == c.n_layers * (2 * T * per_layer + attention) + 2 * c.vocab_size * c.dim

@@ -15,6 +15,7 @@ import numpy as np
 from .. import __version__
 
 GEMV_SHAPE = (11008, 4096)  # Llama-2-7B's FFN: 180 MB of float32, far beyond any cache
+SGEMM_TOKENS = 128  # a prompt's rows against 4096 x 4096 of that matrix: the prefill's floor
 
 
 def _git_commit() -> str | None:
@@ -72,11 +73,13 @@ def environment() -> dict:
     }
 
 
-def measure_bandwidth(threads: int | None, repeats: int = 15) -> dict:
-    """Weight-streaming bandwidth of one BLAS matrix-vector product, the decode step's floor.
+def measure_bandwidth(threads: int | None, repeats: int = 15, sgemm_repeats: int = 5) -> dict:
+    """The machine's floors with BLAS held to ``threads``: the weight-streaming bandwidth of one matrix-vector
+    product (decode's) and the float32 matrix-matrix rate (prefill's).
 
-    Median over ``repeats`` products of a float32 matrix of ``GEMV_SHAPE`` by a vector,
-    after two untimed ones, with BLAS held to ``threads``.
+    GEMV: median over ``repeats`` products of a float32 matrix of ``GEMV_SHAPE`` by a
+    vector, after two untimed ones. sgemm: median over ``sgemm_repeats`` products of
+    ``SGEMM_TOKENS`` x 4096 rows by 4096 x 4096 of the same matrix, after one untimed.
     """
     from .runner import applied_threads, thread_limit
 
@@ -91,9 +94,20 @@ def measure_bandwidth(threads: int | None, repeats: int = 15) -> dict:
             np.matmul(w, x, out=out)
             if i >= 2:
                 times.append(time.perf_counter() - t0)
+        square = w[: GEMV_SHAPE[1]]  # (4096, 4096) rows of the matrix: C-contiguous, BLAS takes .T as a flag
+        rows = np.ones((SGEMM_TOKENS, GEMV_SHAPE[1]), dtype=np.float32)
+        product = np.empty((SGEMM_TOKENS, GEMV_SHAPE[1]), dtype=np.float32)
+        sgemm = []
+        for i in range(sgemm_repeats + 1):
+            t0 = time.perf_counter()
+            np.matmul(rows, square.T, out=product)
+            if i >= 1:
+                sgemm.append(time.perf_counter() - t0)
     median = statistics.median(times)
+    flops = 2 * SGEMM_TOKENS * GEMV_SHAPE[1] * GEMV_SHAPE[1]
     return {"gemv_bytes_per_s": w.nbytes / median, "gemv_shape": list(GEMV_SHAPE), "threads": applied,
-            "samples_s": times}
+            "samples_s": times, "sgemm_flops_per_s": flops / statistics.median(sgemm),
+            "sgemm_shape": [SGEMM_TOKENS, GEMV_SHAPE[1], GEMV_SHAPE[1]], "sgemm_samples_s": sgemm}
 
 
 def sync(device) -> None:

@@ -26,6 +26,7 @@ COLUMNS = [
     ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
     ("GB/token", "weight_gb_per_token", "{:.3f}"),
     ("BW frac", "bandwidth_fraction", "{:.0%}"),
+    ("PF frac", "prefill_sgemm_fraction", "{:.0%}"),
     ("answer", "answer", "{}"),
 ]
 
@@ -55,10 +56,13 @@ def table(doc: dict) -> str:
     line = lambda cells: "  ".join(c.rjust(w) if i > 0 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     env = doc["env"]
     blas = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}" for b in env["blas"]) or "none found"
-    bw = "; ".join(f"{int(t)} thread(s): {b['gemv_bytes_per_s'] / 1e9:.1f} GB/s" for t, b in doc["bandwidth"].items())
+    bw = "; ".join(f"{int(t)} thread(s): {b['gemv_bytes_per_s'] / 1e9:.1f} GB/s"
+                   + (f", sgemm {b['sgemm_flops_per_s'] / 1e9:.0f} GFLOP/s" if "sgemm_flops_per_s" in b else "")
+                   for t, b in doc["bandwidth"].items())
     head = [f"lumi {env['lumi_version']} ({env['git_commit'] or 'no git'}), numpy {env['numpy']}, BLAS {blas}",
             f"{env['cpu']}, {env['usable_cores']} usable cores; GEMV bandwidth {bw}",
             "± is half the min-max range of decode s/token; BW frac = weight bytes per token / s per token / GEMV bandwidth;",
+            "PF frac = a prompt's FLOPs per token x prefill tokens/s / the sgemm rate (CPU runs);",
             "answer: greedy ids agreeing with the config's reference (INVALID: the speed is not for the right answer)"]
     text = "\n".join(head + ["", line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]) + "\n"
     for r in doc["results"]:

@@ -182,6 +182,7 @@ def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
     result["load_s"] = session.load_s
     result["weights_made_on"] = session.weights_made_on
     result["weight_bytes_per_token"] = model.decode_weight_bytes()
+    result["prefill_flops_per_token"] = model.prefill_flops(point.prompt_tokens) / point.prompt_tokens
     result["widening"] = model.widening_paths()  # the path each kind of weight actually took
     result["gpu_step"] = model.gpu_step()  # what a decode step ran on the GPU (a CUDA graph, kernels, ...)
     result["graph_error"] = model.graph_error
