@@ -61,6 +61,11 @@ def cross(x, source: Device, target: Device):
     return target.staging.up(host) if target.staging else target.to_device(host)
 
 
+def is_cupy(device: Device) -> bool:
+    """Whether device is a real GPU through CuPy (not the CPU, nor a stand-in for tests with CuPy's interface)."""
+    return not device.host_memory and getattr(device.xp, "__name__", None) == "cupy"
+
+
 def get_device(backend: str) -> Device:
     if backend == "numpy":
         return CPU

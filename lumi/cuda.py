@@ -736,15 +736,15 @@ class Staging:
 
     def __init__(self, cupy):
         self.cp = cupy
-        self._up = self._down = None  # (uint8 view of page-locked memory, the memory)
+        self._up = self._down = None  # page-locked bytes, grown to the largest activation each way
         self._sent = None  # event after the last copy up: its buffer is not rewritten before that copy is done
 
     def _buffer(self, held, shape, dtype):
+        """(the bytes held, grown if need be; an array of shape and dtype at their start)."""
         n = math.prod(shape) * np.dtype(dtype).itemsize
-        if held is None or held[0].size < n:
-            memory = self.cp.cuda.alloc_pinned_memory(max(n, 1))
-            held = (np.frombuffer(memory, dtype=np.uint8, count=max(n, 1)), memory)
-        return held, held[0][:n].view(dtype).reshape(shape)
+        if held is None or held.size < n:
+            held = self.pinned((n,), np.uint8)
+        return held, held[:n].view(dtype).reshape(shape)
 
     def up(self, host: np.ndarray):
         """A host activation on the device, sent asynchronously from the up buffer."""
@@ -760,13 +760,15 @@ class Staging:
 
     def pinned(self, shape, dtype) -> np.ndarray:
         """A page-locked host array of its own (for ``copy_down``)."""
-        n = math.prod(shape) * np.dtype(dtype).itemsize
-        memory = self.cp.cuda.alloc_pinned_memory(max(n, 1))
-        return np.frombuffer(memory, dtype=np.uint8, count=n).view(dtype).reshape(shape)
+        n = math.prod(shape) * np.dtype(dtype).itemsize  # the array keeps the memory alive (its base)
+        return np.frombuffer(self.cp.cuda.alloc_pinned_memory(max(n, 1)), dtype=np.uint8, count=n).view(
+            dtype).reshape(shape)
 
     def copy_down(self, x, out: np.ndarray, stream):
         """Enqueue a device array's copy into the page-locked ``out`` on ``stream``, without waiting: the event
         after it (``out`` holds x once it has happened)."""
+        if not x.flags.c_contiguous:
+            x = self.cp.ascontiguousarray(x)
         runtime = self.cp.cuda.runtime
         runtime.memcpyAsync(out.ctypes.data, x.data.ptr, x.nbytes, runtime.memcpyDeviceToHost, stream.ptr)
         return stream.record()
@@ -774,9 +776,7 @@ class Staging:
     def down(self, x) -> np.ndarray:
         """A device activation in the down buffer (valid until the next copy down), once its stream has made it."""
         self._down, staged = self._buffer(self._down, x.shape, x.dtype)
-        stream = self.cp.cuda.get_current_stream()
-        x.get(stream=stream, out=staged)
-        stream.synchronize()
+        self.copy_down(x, staged, self.cp.cuda.get_current_stream()).synchronize()
         return staged
 
 

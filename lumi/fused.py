@@ -150,6 +150,11 @@ def one_pool():
 # -- the rest of a decode step: each None where it does not apply (the caller then runs NumPy's operation) ----
 
 
+def threads() -> int:
+    """The threads a kernel splits its work over now: numba's inside ``one_pool``, else one."""
+    return _shares or 1
+
+
 def _one_token(x) -> bool:
     return isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape[0] == 1
 
@@ -183,14 +188,14 @@ def swiglu(gu, hidden_dim: int, out=None):
 def attention(q, k, v, L: int, out=None, scores=None):
     """One query token q (1, H, hd) against positions 0..L-1 of a layer's cache k, v (Hkv, S, hd), each
     C-contiguous (whole heads: numba vectorizes over their rows, not over a slice's strides): float32 (1, H * hd).
-    ``out`` (1, H * hd) and ``scores`` (at least threads x L floats) are used instead of new arrays when given.
+    ``out`` (1, H * hd) and ``scores`` (at least ``threads()`` x L floats) are used instead of new arrays.
     """
     if not (_one_token(q) and q.ndim == 3 and k.dtype == v.dtype == np.float32 and k.flags.c_contiguous
             and v.flags.c_contiguous and k.shape == v.shape and L <= k.shape[1]):
         return None
     _, H, hd = q.shape
     out = np.empty((1, H * hd), dtype=np.float32) if out is None else out
-    fk, scale, shares = _kernels(), np.float32(1 / math.sqrt(hd)), min(_shares or 1, H)
+    fk, scale, shares = _kernels(), np.float32(1 / math.sqrt(hd)), min(threads(), H)
     if scores is None or scores.size < shares * L:
         scores = np.empty(shares * L, dtype=np.float32)
     if shares > 1 and 2 * H * L * hd * 4 >= PARALLEL_MIN_BYTES:  # the cache read from memory, not L1: split heads

@@ -51,7 +51,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import __version__, fused, generate
-from .backends import Device, get_device
+from .backends import Device, get_device, is_cupy
 from .bench.env import copy_bandwidth, sync
 from .config import PRESETS
 from .cuda import memory_bandwidth, rows_per_warp
@@ -62,14 +62,9 @@ from .sampler import SamplingParams
 from .weights import QK
 
 
-def _cupy(device: Device) -> bool:
-    """Whether device is a real GPU through CuPy (not the CPU, nor a stand-in for tests)."""
-    return not device.host_memory and getattr(device.xp, "__name__", None) == "cupy"
-
-
 def _syncs(device: Device, allowed: bool):
     """On CuPy, a scope in which any device-to-host synchronisation raises unless ``allowed``; elsewhere a no-op."""
-    if not _cupy(device):
+    if not is_cupy(device):
         return contextlib.nullcontext()
     import cupyx
 
@@ -370,7 +365,7 @@ def transfers(device: Device, preset: str) -> dict:
                "h2d_per_step": counts["h2d"] / steps,
                "d2h_per_step": counts["d2h"] / steps, "d2h_bytes_per_step": counts["d2h_bytes"] / steps,
                "hidden_sync": hidden}
-        if gpu_layers == -1 and _cupy(device):
+        if gpu_layers == -1 and is_cupy(device):
             launches = _launches(device, step, steps)
             if launches:
                 launches["per_layer_approx"] = launches["per_step"] / config.n_layers
@@ -386,7 +381,7 @@ def decode_speed(model: Model, device: Device, steps: int, warmup: int = 2, batc
     overlaps the host's turnaround, and each run starts after an untimed step, so that the step it first asks
     for is one launched ahead by a timed step, not one the device finished before the clock started (which
     would count 15 steps' work as 16). The events bracket the same work: each follows the step launched ahead."""
-    events = _cupy(device)
+    events = is_cupy(device)
     host, gpu = [], []
     with model.decoding():
         step = _Steps(model, pos=1, token=model.next_token([1], 0, SamplingParams(), None))
@@ -444,7 +439,7 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
             speed = decode_speed(model, dev, steps if dev.kernels is not None else max(3, steps // 4))
         finally:
             StepGraph.lookahead = True
-        if not rows and _cupy(dev):  # where the first run's step spends its GPU time, by kernel
+        if not rows and is_cupy(dev):  # where the first run's step spends its GPU time, by kernel
             speed["kernels"] = _launches(dev, _Steps(model, pos=1 + 2 + 3 * (steps + 1), token=7), 4)
         if graphs is True:  # a prompt's speed; 16-bit weights through GemmEx, and through widened blocks and sgemm
             speed.update(prefill_speed(model, dev, prompt_tokens))

@@ -21,15 +21,19 @@ class KVCache:
         self.max_seq_len = max_seq_len
         self.kv = [xp.zeros(shape, dtype=np.float32) for xp in xps]
 
-    def update(self, layer: int, start_pos: int, kv):
-        """Store kv (T, 2, n_kv_heads, head_dim), keys then values, at positions [start_pos, start_pos + T).
-
-        Returns the live keys and values, (n_kv_heads, start_pos + T, head_dim) views.
-        """
-        end = start_pos + kv.shape[0]
+    def store(self, layer: int, start_pos: int, kv) -> None:
+        """Store kv (T, 2, n_kv_heads, head_dim), keys then values, at positions [start_pos, start_pos + T)."""
         cache = self.kv[layer]
-        cache[:, :, start_pos:end] = kv.transpose(1, 2, 0, 3)
-        return cache[0, :, :end], cache[1, :, :end]
+        if kv.shape[0] == 1:  # a decode step: one (2, n_kv_heads, head_dim) slice, no transposed view to walk
+            cache[:, :, start_pos] = kv[0]
+        else:
+            cache[:, :, start_pos : start_pos + kv.shape[0]] = kv.transpose(1, 2, 0, 3)
+
+    def update(self, layer: int, start_pos: int, kv):
+        """``store``, then the live keys and values, (n_kv_heads, start_pos + T, head_dim) views."""
+        self.store(layer, start_pos, kv)
+        end = start_pos + kv.shape[0]
+        return self.kv[layer][0, :, :end], self.kv[layer][1, :, :end]
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.kv)

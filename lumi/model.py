@@ -189,19 +189,15 @@ def fused_ops(output) -> dict:
     def cache(kv_cache: KVCache, layer: int, start_pos: int, kv):
         # the layer's whole keys and values (Hkv, S, hd): attention below reads the live part (and slices it for
         # NumPy's operation where its kernel does not apply)
-        whole = kv_cache.kv[layer]
-        if kv.shape[0] == 1 and isinstance(whole, np.ndarray):
-            whole[:, :, start_pos] = kv[0]  # one token: (2, Hkv, hd), no transposed view to walk
-        else:
-            kv_cache.update(layer, start_pos, kv)
-        return whole[0], whole[1]
+        kv_cache.store(layer, start_pos, kv)
+        return kv_cache.kv[layer][0], kv_cache.kv[layer][1]
 
     def attend(q, k, v, start_pos: int, xp):
         L = start_pos + q.shape[0]
         out = None
         if xp is np:
             out = fused.attention(q, k, v, L, buffer("attention", (1, q.shape[1] * q.shape[2])),
-                                  buffer("scores", (2 * k.shape[1],)))
+                                  buffer("scores", (fused.threads() * k.shape[1],)))
         return out if out is not None else attention(q, k[:, :L], v[:, :L], start_pos, xp)
 
     def activation(gu, hidden_dim: int, xp):
@@ -273,7 +269,7 @@ def _vector(device: Device, source: Device, *arrays):
 
 
 def _matrix(device: Device, source: Device, dtype: str, *arrays):
-    """A matrix in its storage dtype, the rows of several stacked, on the device (in the process's own memory on the host).
+    """A matrix in its storage dtype, the rows of several stacked, on the device (on the host: in the process's memory).
 
     ``source``: where ``arrays`` are; weights made on a GPU are converted there,
     and only their stored bytes come to the host for layers placed there.
@@ -530,7 +526,7 @@ class Model:
             return self._ops(self.head, 1).matmul(x[-1:], self.output)[0]
 
     def _hidden(self, tokens, start_pos: int, tokens_on_device: bool = False):
-        """Final-normed hidden states (T, d) for tokens at start_pos.. (already on the head's device: checked by the caller)."""
+        """Final-normed hidden states (T, d) for tokens at start_pos.. (tokens on the head's device: checked already)."""
         self.passes += 1  # a CUDA graph's step launched ahead is stale after any other forward pass
         if not tokens_on_device:
             tokens = np.asarray(tokens)

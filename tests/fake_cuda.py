@@ -184,15 +184,7 @@ def _set(self, host, stream=None):
     self.view(np.ndarray)[...] = host
 
 
-def _get(self, stream=None, out=None):
-    assert type(out) is np.ndarray and out.shape == self.shape and out.dtype == self.dtype
-    COPIES["d2h"] += 1
-    COPIES["d2h_bytes"] += self.nbytes
-    out[...] = self.view(np.ndarray)
-    return out
-
-
-DeviceArray.set, DeviceArray.get = _set, _get
+DeviceArray.set = _set
 
 
 def _memcpy_async(dst, src, n, kind, stream):

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from ..backends import is_cupy
 from ..config import PRESETS, ModelConfig
 from ..errors import UsageError
 from ..model import STACKED_ROWS
@@ -218,7 +219,7 @@ class DeviceWeights(Mapping):
         if name.endswith("norm"):
             return xp.full(shape, _norm_value(self.config, name), dtype=np.float32)
         index = self.index[name]
-        if getattr(xp, "__name__", None) == "cupy":  # drawn on the GPU itself
+        if is_cupy(self.device):  # drawn on the GPU itself
             a = xp.random.RandomState(self.seed * 1_000_003 + index).random_sample(shape, dtype=np.float32)
         else:
             a = self.device.to_device(_host_generator(self.seed, index).random(shape, dtype=np.float32))
