@@ -72,39 +72,25 @@ def _syncs(device: Device, allowed: bool):
 
 
 def _counting(device: Device, counts: Counter) -> Device:
-    """The same device, with its boundary copies counted; the copy down is the one place a sync may happen."""
+    """The same device, with its boundary copies counted. Only the copies that wait by design (one down, or up
+    out of a staging buffer its previous copy may still be reading) are allowed to synchronise."""
 
-    def up(a):
-        counts["h2d"] += 1
-        return device.to_device(a)
+    def counted(copy, direction: str, waits: bool):
+        def run(a, *rest):
+            counts[direction] += 1
+            if direction == "d2h":
+                counts["d2h_bytes"] += a.nbytes
+            with _syncs(device, True) if waits else contextlib.nullcontext():
+                return copy(a, *rest)
 
-    def down(a):
-        counts["d2h"] += 1
-        counts["d2h_bytes"] += a.nbytes
-        with _syncs(device, True):
-            return device.to_host(a)
+        return run
 
-    staging = None
-    if device.staging is not None:  # activations crossing at a partial offload go through page-locked buffers
-        def staged_up(a):
-            counts["h2d"] += 1
-            with _syncs(device, True):  # it may wait for the previous copy up out of the same buffer
-                return device.staging.up(a)
-
-        def staged_down(a):
-            counts["d2h"] += 1
-            counts["d2h_bytes"] += a.nbytes
-            with _syncs(device, True):
-                return device.staging.down(a)
-
-        def staged_copy_down(a, out, stream):  # a graph step's token, enqueued without a wait
-            counts["d2h"] += 1
-            counts["d2h_bytes"] += a.nbytes
-            return device.staging.copy_down(a, out, stream)
-
-        staging = SimpleNamespace(up=staged_up, down=staged_down, copy_down=staged_copy_down,
-                                  pinned=device.staging.pinned)
-    return dataclasses.replace(device, to_device=up, to_host=down, staging=staging)
+    staging = device.staging
+    if staging is not None:  # activations crossing at a partial offload, and a graph step's token (no wait)
+        staging = SimpleNamespace(up=counted(staging.up, "h2d", True), down=counted(staging.down, "d2h", True),
+                                  copy_down=counted(staging.copy_down, "d2h", False), pinned=staging.pinned)
+    return dataclasses.replace(device, to_device=counted(device.to_device, "h2d", False),
+                               to_host=counted(device.to_host, "d2h", True), staging=staging)
 
 
 def _free(device: Device) -> None:

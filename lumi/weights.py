@@ -260,9 +260,11 @@ class DeviceMatrix:
     The same rule as on the host (a full float32 copy never exists), with the
     device's array module: bf16 travels as its uint16 bits (CuPy has no bfloat16
     dtype) and widens by a shift into a float's high half; fp16 by the device's
-    own half-to-float conversion; int8 as int8 times its block scales. A prompt's
-    product widens a block at a time into one float32 matrix product; a decode
-    step's product is one kernel that reads the stored width (``cuda.Kernels.gemv``).
+    own half-to-float conversion; int8 as int8 times its block scales. A decode
+    step's product is one kernel that reads the stored width (``cuda.Kernels.gemv``);
+    a prompt's 16-bit product is cuBLAS GemmEx on the stored width (``Kernels.gemm``),
+    and otherwise (int8, or a device without lumi's kernels) widens a block at a
+    time into one float32 matrix product (``device_matmul_t``).
     ``a``: the fp16 values or bf16 bits (out, in); ``blocks``: a BlockQ8 of device arrays.
     """
 
@@ -270,7 +272,7 @@ class DeviceMatrix:
         self.xp, self.storage, self.a, self.blocks = xp, storage, a, blocks
         held = blocks.q if blocks is not None else a
         self.shape, self.nbytes = tuple(held.shape), (blocks.nbytes if blocks is not None else a.nbytes)
-        self.path = f"{storage}-device"  # decode: lumi's GEMV kernel; prompts: widened blocks
+        self.path = f"{storage}-device"  # decode: lumi's GEMV kernel; prompts: GemmEx (16-bit) or widened blocks
 
     @classmethod
     def upload(cls, w, device) -> DeviceMatrix:
