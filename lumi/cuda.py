@@ -846,9 +846,8 @@ class StepGraph:
         self.graph = None
         self.warm = False
         self.ahead = None  # the step launched ahead: (position, its input token, the model's passes then, slot, event)
-        self._slots = [np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.int32)]
-        if self.device.staging is not None:  # page-locked, so each token's copy down is asynchronous
-            self._slots = [self.device.staging.pinned((1,), np.int32) for _ in range(2)]
+        # page-locked, so each token's copy down is asynchronous (``cupy_device`` gives a GPU its ``Staging``)
+        self._slots = [self.device.staging.pinned((1,), np.int32) for _ in range(2)]
         self._slot = 0
         self.hits = 0  # calls answered by the step launched ahead
 
@@ -875,9 +874,6 @@ class StepGraph:
         """Enqueue the chosen token's copy down (no wait): (its host slot, the event after it)."""
         slot = self._slots[self._slot]
         self._slot ^= 1
-        if self.device.staging is None:  # a device without page-locked buffers: a plain (synchronous) copy
-            slot[...] = self.device.to_host(self.token)
-            return slot, None
         return slot, self.device.staging.copy_down(self.token, slot, self.stream)
 
     def drain(self) -> None:
@@ -913,8 +909,7 @@ class StepGraph:
                 self._replay()
                 position.host += 1
                 self.ahead = (pos + 1, None, model.passes, *self._token_down())
-            if event is not None:
-                event.synchronize()
+            event.synchronize()
             chosen = int(slot[0])
             if self.ahead is not None:
                 self.ahead = (pos + 1, chosen, *self.ahead[2:])  # its input: the token chosen here
