@@ -24,7 +24,6 @@ records it in the widening paths it reports.
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import numpy as np
@@ -73,26 +72,35 @@ def path(w) -> str | None:
     return None if k is None else f"{k}-numba-fused"
 
 
+NO_SCALES = np.empty((0, 0), dtype=np.float32)  # a float weight's scales, for kernels that take any weight
+NO_BIAS = np.empty(0, dtype=np.float32)
+NO_CLOCK = np.empty(0, dtype=np.int64)  # ``layer``'s clock off
+
+
+def operands(w) -> tuple | None:
+    """(stored array, scales) as the kernels read w (16-bit as the integer view naming its format; scales empty
+    unless int8), or None when no kernel reads it."""
+    k = kind(w)
+    if k is None:
+        return None
+    if k == "int8":
+        return w.q, w.scales
+    return (w.a.view(_BITS[k]) if k in _BITS else w), NO_SCALES
+
+
 def gemv(x, w, out=None, add: bool = False):
     """x (1, in) @ w.T as float32 (1, out), on numba's threads; None when no kernel reads w.
 
     ``out`` (1, out): written (``add``: added into) instead of a new array.
     """
-    k = kind(w)
-    if k is None:
+    stored = operands(w)
+    if stored is None:
         return None
-    fk = _kernels()
-    if k == "int8":
-        serial, parallel, operands = fk.q8_rows, fk.q8_product, (w.q, w.scales)
-    else:
-        serial, parallel, operands = fk.rows, fk.product, (w.a.view(_BITS[k]) if k in _BITS else w,)
     if out is None:
         out = np.empty((1, w.shape[0]), dtype=np.float32)
     vector = np.ascontiguousarray(x[0], dtype=np.float32)
-    if w.nbytes < PARALLEL_MIN_BYTES:  # starting the pool (about 5 us) would cost more than it saves
-        serial(*operands, vector, out[0], 0, out.shape[1], add)
-    else:
-        parallel(*operands, vector, out[0], _shares or fk.numba.get_num_threads(), add)
+    fk = _kernels()
+    fk.gemv(*stored, vector, out[0], _shares or fk.numba.get_num_threads(), add)
     return out
 
 
@@ -195,11 +203,55 @@ def attention(q, k, v, L: int, out=None, scores=None):
         return None
     _, H, hd = q.shape
     out = np.empty((1, H * hd), dtype=np.float32) if out is None else out
-    fk, scale, shares = _kernels(), np.float32(1 / math.sqrt(hd)), min(threads(), H)
+    shares = min(threads(), H)
     if scores is None or scores.size < shares * L:
         scores = np.empty(shares * L, dtype=np.float32)
-    if shares > 1 and 2 * H * L * hd * 4 >= PARALLEL_MIN_BYTES:  # the cache read from memory, not L1: split heads
-        fk.attend_parallel(q[0], k, v, L, scale, out.reshape(H, hd), scores[: shares * L].reshape(shares, L), shares)
-    else:
-        fk.attend_heads(q[0], k, v, L, scale, out.reshape(H, hd), scores, 0, H)
+    _kernels().attend(q[0], k, v, L, out.reshape(H, hd), scores, shares)
     return out
+
+
+# -- a whole layer for one token, in one call ---------------------------------------------------------------
+
+
+def layer_operands(layer, cos, sin, layout: str, n_heads: int, eps) -> tuple | None:
+    """A ``model.Layer``'s weights and constants as ``fused_kernels.layer`` takes them after its per-step
+    arguments; None when a weight has no kernel or is not in the host's memory (the layer then runs op by op)."""
+    products = [operands(w) for w in (layer.wqkv, layer.wo, layer.w13, layer.w2)]
+    vectors = (layer.attention_norm, layer.ffn_norm, cos, sin) + (() if layer.bqkv is None else (layer.bqkv,))
+    if None in products or not all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in vectors):
+        return None
+    bias = NO_BIAS if layer.bqkv is None else layer.bqkv
+    (wqkv, sqkv), (wo, so), (w13, s13), (w2, s2) = products
+    return (layer.attention_norm, layer.ffn_norm, wqkv, sqkv, bias, wo, so, w13, s13, w2, s2, cos, sin,
+            layout == "interleaved", n_heads, np.float32(eps))
+
+
+def layer_scratch(config, max_seq_len: int) -> int:
+    """Floats of scratch the layer kernel needs for this model at the present thread count: the normed input, q k
+    v, attention's output, gate and up, the activation, and each attention thread's scores."""
+    c = config
+    return (c.dim + (2 * c.n_heads + 2 * c.n_kv_heads) * c.head_dim + 3 * c.hidden_dim
+            + min(threads(), c.n_heads) * max_seq_len)
+
+
+PHASES = ("norm", "matmul", "rope", "cache", "attention", "activation")  # the kinds the layer kernel's clock times
+
+
+def cycle_counter():
+    """The counter the layer kernel's clock reads, as a function (CPU cycles; x86: rdtsc), loaded: its first call
+    compiles it or reads numba's cache, which must not fall inside a measured interval."""
+    counter = _kernels().cycles
+    counter()
+    return counter
+
+
+def layer(x, kv, pos: int, operands: tuple, scratch, clock=NO_CLOCK) -> bool:
+    """One transformer block for one token x (1, d), the residual stream, updated in place; kv the layer's cache
+    (2, Hkv, S, hd), written at ``pos``; ``operands`` from ``layer_operands``. False (nothing run) when x or kv is
+    not a host float32 array the kernel reads. ``clock`` (2 x len(PHASES) int64): each kind's cycles, then its
+    calls, added to (``profile``)."""
+    if not (_one_token(x) and x.ndim == 2 and x.flags.c_contiguous and isinstance(kv, np.ndarray)
+            and kv.dtype == np.float32 and kv.flags.c_contiguous):
+        return False
+    _kernels().layer(x[0], kv, pos, threads(), scratch, clock, *operands)
+    return True

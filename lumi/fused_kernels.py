@@ -1,13 +1,17 @@
 """The numba kernels behind ``lumi.fused`` (imported only when numba is installed).
 
 ``product(w, x, out, shares)``: out = w @ x for one token, w's rows split into
-``shares`` contiguous parts over numba's threads. Each element is widened in a
-register by ``widen``, chosen at compile time by the stored dtype:
+``shares`` contiguous parts over numba's threads (``matvec`` picks it, the int8
+kernel or the calling thread alone). Each element is widened in a register by
+``widen``, chosen at compile time by the stored dtype:
 
     float32  as is
     uint16   bf16 bits: shifted into a float32's high half
     int16    fp16 bits: LLVM's half-to-float extension (F16C's vcvtph2ps on x86), exact
     int8     as an integer; ``q8_product`` applies the per-block scales
+
+``layer`` runs a whole transformer block for one token in one call: the same
+kernels, with no Python between them.
 
 Every function lives at module level so numba's on-disk cache (``cache=True``)
 finds it again: closures were compiled afresh in every process (about 1 s each).
@@ -15,12 +19,15 @@ finds it again: closures were compiled afresh in every process (about 1 s each).
 
 from __future__ import annotations
 
+import math
+
 import numba  # noqa: F401  (fused.py reads numba.get_num_threads through this module)
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from .fused import PARALLEL_MIN_BYTES, PHASES
 from .weights import QK  # the int8 block length: a compile-time constant here, so LLVM unrolls the block loop
 
 Q8_PREFETCH = 512  # bytes ahead of the int8 kernel's rows (256 and 1024-2048 measured slower)
@@ -53,6 +60,23 @@ def _prefetch(typingctx, address):
         return context.get_dummy_value()
 
     return types.void(types.intp), codegen
+
+
+@intrinsic
+def _cycles(typingctx):
+    """The CPU's cycle counter (x86: rdtsc), for ``layer``'s per-operation profile."""
+
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(ir.IntType(64), []))
+        return builder.call(fn, [])
+
+    return types.int64(), codegen
+
+
+@njit(nogil=True, cache=True)
+def cycles():
+    """The cycle counter ``layer`` reads, from Python: its rate is measured against a clock."""
+    return _cycles()
 
 
 @intrinsic
@@ -181,6 +205,39 @@ def q8_product(q, scales, x, out, shares, add):
         q8_rows(q, scales, x, out, n * i // shares, n * (i + 1) // shares, add)
 
 
+def matvec(w, scales, x, out, shares, add):
+    """out = w @ x (``add``: out += w @ x) for one token: int8 weights (``scales``: their blocks') through
+    ``q8_rows``, the others through ``rows``; over ``shares`` of numba's threads when w is big enough to be worth
+    starting the pool (about 5 us), else on the calling thread."""
+    raise NotImplementedError  # only called from compiled code, through the overload below
+
+
+@overload(matvec)
+def _matvec(w, scales, x, out, shares, add):
+    if w.dtype == types.int8:
+        def q8(w, scales, x, out, shares, add):
+            if shares > 1 and w.size >= PARALLEL_MIN_BYTES:
+                q8_product(w, scales, x, out, shares, add)
+            else:
+                q8_rows(w, scales, x, out, 0, w.shape[0], add)
+
+        return q8
+
+    def widened(w, scales, x, out, shares, add):
+        if shares > 1 and w.size * w.itemsize >= PARALLEL_MIN_BYTES:
+            product(w, x, out, shares, add)
+        else:
+            rows(w, x, out, 0, w.shape[0], add)
+
+    return widened
+
+
+@njit(nogil=True, cache=True)
+def gemv(w, scales, x, out, shares, add):
+    """``matvec`` from Python."""
+    matvec(w, scales, x, out, shares, add)
+
+
 # -- the rest of a decode step: one call each where NumPy takes five to ten ----------------------------------
 # For one token these are microseconds of work behind tens of microseconds of NumPy calls (stories15M at two
 # threads: attention, norms and RoPE took a quarter of the step). Each matches its NumPy operation in ``model``
@@ -294,3 +351,85 @@ def attend_parallel(q, k, v, L, scale, out, p, shares):
     H = q.shape[0]
     for i in prange(shares):
         attend_heads(q, k, v, L, scale, out, p[i], H * i // shares, H * (i + 1) // shares)
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def attend(q, k, v, L, out, p, shares):
+    """One query token q (H, hd) against positions 0..L-1 of k, v (Hkv, S, hd) into out (H, hd): the heads split
+    over ``shares`` threads when the live cache is big enough to come from memory rather than L1. p: scratch of at
+    least shares x L floats."""
+    H, hd = q.shape
+    scale = np.float32(1 / math.sqrt(hd))
+    shares = min(shares, H)
+    if shares > 1 and 2 * H * L * hd * 4 >= PARALLEL_MIN_BYTES:
+        attend_parallel(q, k, v, L, scale, out, p[: shares * L].reshape(shares, L), shares)
+    else:
+        attend_heads(q, k, v, L, scale, out, p, 0, H)
+
+
+# -- a whole transformer block for one token ---------------------------------------------------------------
+
+NORM, MATMUL, ROPE, CACHE, ATTENTION, ACTIVATION = (PHASES.index(k) for k in
+                                                    ("norm", "matmul", "rope", "cache", "attention", "activation"))
+
+
+@njit(nogil=True, inline="always")
+def _tick(clock, phase, t0):
+    """Charge the cycles since t0 and one call to ``phase``, and restart the count; nothing when the clock is off
+    (empty)."""
+    if clock.shape[0] == 0:
+        return t0
+    t1 = _cycles()
+    clock[phase] += t1 - t0
+    clock[len(PHASES) + phase] += 1
+    return t1
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def layer(x, kv, pos, shares, scratch, clock, attention_norm, ffn_norm, wqkv, sqkv, bqkv, wo, so, w13, s13, w2, s2,
+          cos, sin, interleaved, n_heads, eps):
+    """One transformer block for one token at ``pos``, x (d,) the residual stream, updated in place; kv (2, Hkv, S,
+    hd) the layer's cache, written at ``pos``. The operations and order of ``model.Model._hidden``'s loop, each the
+    kernel above that its one-call operation uses: in one call they run with no Python between them (after a
+    product streams megabytes, each return to the interpreter costs tens of microseconds here).
+
+    Weights as ``matvec`` reads them (w, scales: an empty scales for a float weight); bqkv empty when the model has
+    no bias. ``clock`` (2 x len(PHASES) int64, added to) gets each kind of operation's cycles, then its calls;
+    empty: off.
+    """
+    d = x.shape[0]
+    n_kv, hd = kv.shape[1], kv.shape[3]
+    q_dim, n_qkv, hidden = n_heads * hd, wqkv.shape[0], w2.shape[1]
+    h = scratch[:d]
+    qkv = scratch[d : d + n_qkv]
+    att = scratch[d + n_qkv : d + n_qkv + q_dim]
+    at = d + n_qkv + q_dim
+    gu = scratch[at : at + 2 * hidden]
+    act = scratch[at + 2 * hidden : at + 3 * hidden]
+    p = scratch[at + 3 * hidden :]
+    t = _cycles() if clock.shape[0] else 0
+
+    rmsnorm_row(x, attention_norm, eps, h)
+    t = _tick(clock, NORM, t)
+    matvec(wqkv, sqkv, h, qkv, shares, False)
+    for i in range(bqkv.shape[0]):
+        qkv[i] += bqkv[i]
+    t = _tick(clock, MATMUL, t)
+    rope_row(qkv[: q_dim + n_kv * hd].reshape(n_heads + n_kv, hd), cos, sin, pos, interleaved)  # q and k
+    t = _tick(clock, ROPE, t)
+    kv[0, :, pos, :] = qkv[q_dim : q_dim + n_kv * hd].reshape(n_kv, hd)
+    kv[1, :, pos, :] = qkv[q_dim + n_kv * hd :].reshape(n_kv, hd)
+    t = _tick(clock, CACHE, t)
+    attend(qkv[:q_dim].reshape(n_heads, hd), kv[0], kv[1], pos + 1, att.reshape(n_heads, hd), p, shares)
+    t = _tick(clock, ATTENTION, t)
+    matvec(wo, so, att, x, shares, True)  # x += attention's projection
+    t = _tick(clock, MATMUL, t)
+    rmsnorm_row(x, ffn_norm, eps, h)
+    t = _tick(clock, NORM, t)
+    matvec(w13, s13, h, gu, shares, False)
+    t = _tick(clock, MATMUL, t)
+    swiglu_row(gu, hidden, act)
+    t = _tick(clock, ACTIVATION, t)
+    matvec(w2, s2, act, x, shares, True)  # x += the feed-forward's output
+    _tick(clock, MATMUL, t)
+

@@ -148,8 +148,10 @@ def swiglu(gu, hidden_dim: int, xp):
     return act
 
 
-def fused_ops(output) -> dict:
-    """``--kernels numba``: each operation of a one-token step on the host through lumi's numba kernels.
+def fused_ops(model) -> dict:
+    """``--kernels numba``: a one-token step on the host through lumi's numba kernels: each layer one call
+    (``fused.layer``: after a product streams megabytes, each return to the interpreter costs tens of
+    microseconds here), the rest an operation a call.
 
     Outputs go to buffers kept from step to step, one per role and shape (each
     output is consumed before its role comes round again in a step: a norm's by
@@ -160,6 +162,8 @@ def fused_ops(output) -> dict:
     without a kernel, a device's arrays) runs NumPy's operation as usual.
     """
     buffers: dict = {}
+    output = model.output
+    prepared: dict = {}  # layer index -> its operands for ``fused.layer``, or None: that layer runs op by op
 
     def buffer(role: str, shape: tuple):
         b = buffers.get((role, shape))
@@ -215,8 +219,21 @@ def fused_ops(output) -> dict:
             return x
         return embed(table, tokens)
 
+    def block(x, i: int, start_pos: int, clock=fused.NO_CLOCK) -> bool:
+        if x.shape[0] != 1:
+            return False
+        if i not in prepared:
+            layer, c = model.layers[i], model.config
+            prepared[i] = (fused.layer_operands(layer, *model.rope[layer.device], c.rope_layout, c.n_heads, model.eps)
+                           if layer.device.host_memory else None)
+        if prepared[i] is None:
+            return False
+        scratch = buffer("layer", (fused.layer_scratch(model.config, model.max_seq_len),))
+        return fused.layer(x, model.cache.kv[i], start_pos, prepared[i], scratch, clock)
+
     return dict(matmul=matmul, norm=norm, rope=rope, cache=cache, attention=attend, activation=activation,
-                embed=embed_token)
+                embed=embed_token, block=block)
+
 
 
 def embed(table, tokens):
@@ -230,11 +247,17 @@ def update_cache(cache: KVCache, layer: int, start_pos: int, kv):
     return cache.update(layer, start_pos, kv)
 
 
+def no_block(x, layer: int, start_pos: int) -> bool:
+    """A whole layer in one call, where a fused kernel takes it (``fused_ops``); False here: the model runs the
+    layer's operations one by one."""
+    return False
+
+
 # The operations the forward pass calls, by the kind a profile reports them under.
 # A model looks them up in its own ``ops``, so a profiler can time one model's
 # operations without touching anything global (and costs nothing when off).
 OPS = dict(embed=embed, norm=rmsnorm, matmul=linear, rope=apply_rope, cache=update_cache, attention=attention,
-           activation=swiglu)
+           activation=swiglu, block=no_block)
 
 
 # ----------------------------------------------------------------------------
@@ -355,7 +378,7 @@ class Model:
         self.eps = F32(c.norm_eps)
         self.ops = SimpleNamespace(**OPS)  # the host layers' operations (and prompts' without a GPU's kernels)
         if kernels == "numba":
-            vars(self.ops).update(fused_ops(self.output))
+            vars(self.ops).update(fused_ops(self))
         # the operations of one-token steps on each device: a GPU's fused kernels, which read the position
         # from the device (``cuda.Position``); the host's own; the generic ones elsewhere
         self.positions = {dev: Position(dev, dev.kernels) for dev in set(self.placement) if dev.kernels}
@@ -544,6 +567,8 @@ class Model:
                 ops = self._ops(dev, T)
                 if dev is not here:
                     x, here = cross(x, here, dev), dev
+                if ops.block(x, i, start_pos):  # x += the whole layer, in one fused call
+                    continue
                 h = ops.norm(x, layer.attention_norm, self.eps, xp)
                 qkv = ops.matmul(h, layer.wqkv)  # (T, d + 2 kv_dim)
                 if layer.bqkv is not None:

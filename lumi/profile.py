@@ -3,7 +3,10 @@
 ``profile_decode`` times each operation of one model through its ``ops``
 table (the model's own, so nothing global changes and an unprofiled model
 pays nothing), plus sampling, over real decode steps. "python" is what is
-left of each step: interpreter time between the operations.
+left of each step: interpreter time between the operations. A layer run in
+one fused call (``fused.layer``, ``--kernels numba``) times its operations
+itself, in CPU cycles, converted at the cycle counter's rate measured over the
+same steps; what such a call spends outside them (its dispatch) is "python".
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from collections import defaultdict
 
 import numpy as np
 
+from . import fused
 from .model import OPS, Model
 from .sampler import SamplingParams, sample
 
-KINDS = (*OPS, "sampling", "python")
+KINDS = (*(kind for kind in OPS if kind != "block"), "sampling", "python")  # a fused layer: its operations'
 
 
 class _Timed:
@@ -39,14 +43,34 @@ class _Timed:
 
         return timed
 
+    def _wrap_block(self, func):
+        clock = self.clock
+
+        def clocked(x, layer, start_pos):
+            return func(x, layer, start_pos, clock)
+
+        return clocked
+
     def __enter__(self):
         self.saved = vars(self.model.ops).copy()
+        self.clock = np.zeros(2 * len(fused.PHASES), dtype=np.int64)  # cycles, then calls, per kind
         for kind, func in self.saved.items():
-            setattr(self.model.ops, kind, self._wrap(kind, func))
+            if kind != "block":
+                setattr(self.model.ops, kind, self._wrap(kind, func))
+            elif self.model.kernels == "numba":
+                self.model.ops.block = self._wrap_block(func)
         return self
 
     def __exit__(self, *exc):
         vars(self.model.ops).update(self.saved)
+
+    def add_clock(self, cycles_per_second: float) -> None:
+        """The fused layers' operations, into the per-kind totals."""
+        n = len(fused.PHASES)
+        for kind, cycles, calls in zip(fused.PHASES, self.clock[:n], self.clock[n:]):
+            if calls:
+                self.seconds[kind] += float(cycles) / cycles_per_second
+                self.calls[kind] += int(calls)
 
 
 def profile_decode(model: Model, prompt_ids, steps: int, sampling: SamplingParams | None = None) -> dict:
@@ -56,7 +80,9 @@ def profile_decode(model: Model, prompt_ids, steps: int, sampling: SamplingParam
     model.reset()
     token = sample(model.prefill(np.asarray(prompt_ids, dtype=np.int32), 0), sampling, rng)
     total = 0.0
+    counter = fused.cycle_counter() if model.kernels == "numba" else None  # the fused layers' clock
     with _Timed(model) as timed, model.decoding():
+        t_start, c_start = time.perf_counter(), counter() if counter else 0
         for pos in range(len(prompt_ids), len(prompt_ids) + steps):
             t0 = time.perf_counter()
             logits = model.decode(token, pos)
@@ -66,6 +92,8 @@ def profile_decode(model: Model, prompt_ids, steps: int, sampling: SamplingParam
             timed.seconds["sampling"] += t2 - t1
             timed.calls["sampling"] += 1
             total += t2 - t0
+        if counter:
+            timed.add_clock((counter() - c_start) / (time.perf_counter() - t_start))
     seconds = dict(timed.seconds)
     seconds["python"] = total - sum(seconds.values())
     return {

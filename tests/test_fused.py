@@ -1,6 +1,7 @@
 """The optional fused kernels (``--kernels numba``) against the pure NumPy path, the reference."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -89,7 +90,8 @@ def test_weights_without_a_kernel_stay_on_the_numpy_path():
     assert isinstance(per_row, BlockQ8) and fused.kind(per_row) is None
     x = np.ones((1, 40), dtype=np.float32)
     assert fused.gemv(x, per_row) is None
-    np.testing.assert_array_equal(fused_ops(None)["matmul"](x, per_row), widened_matmul_t(x, per_row))
+    ops = fused_ops(SimpleNamespace(output=None))
+    np.testing.assert_array_equal(ops["matmul"](x, per_row), widened_matmul_t(x, per_row))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -240,10 +242,10 @@ def test_the_small_decode_kernels_equal_numpys_operations():
     assert not fused.rope(np.ones((2, 10, 48), np.float32), cos, sin, 0, "half")
 
 
-def test_a_numba_step_calls_each_small_kernel_once_a_layer(monkeypatch):
+def test_a_numba_step_runs_each_layer_in_one_call(monkeypatch):
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config, seed=3), kernels="numba")
-    calls = {name: 0 for name in ("rmsnorm", "rope", "swiglu", "attention")}
+    calls = {name: 0 for name in ("layer", "rmsnorm", "rope", "swiglu", "attention")}
     for name in calls:
         real = getattr(fused, name)
 
@@ -257,8 +259,53 @@ def test_a_numba_step_calls_each_small_kernel_once_a_layer(monkeypatch):
     assert calls == dict.fromkeys(calls, 0)  # a prompt: each declines, and NumPy's operations run
     with model.decoding():
         model.decode(5, 3)
+    assert calls == {"layer": config.n_layers, "rmsnorm": 1, "rope": 0, "swiglu": 0, "attention": 0}  # + final norm
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ["grouped, interleaved", "bias, half", "threads"])
+def test_one_call_a_layer_equals_the_step_op_by_op(monkeypatch, dtype, shape):
+    """``fused.layer`` against the same model's numba operations one call each (``block`` declined): the same
+    kernels in the same order, for every storage dtype, grouped kv heads, a q/k/v bias, both RoPE layouts, and
+    the products and attention split over two threads."""
+    import numba
+
+    from lumi.model import no_block
+
+    base = PRESETS["stories260K"].replace(max_seq_len=300)  # 8 heads over 4 kv heads, interleaved RoPE
+    config = {"grouped, interleaved": base,
+              "bias, half": base.replace(attention_bias=True, rope_layout="half", n_kv_heads=8),
+              "threads": base.replace(dim=512, hidden_dim=1024, n_heads=8, n_kv_heads=8)}[shape]
+    weights = synthetic_weights(config, seed=5)
+    fast, slow = (Model(config, weights, dtype=dtype, kernels="numba") for _ in range(2))
+    slow.ops.block = no_block
+    threads = 2 if shape == "threads" else 1
+    monkeypatch.setattr(fused, "_shares", min(threads, numba.config.NUMBA_NUM_THREADS))
+    prompt = np.arange(1, 261, dtype=np.int32) % config.vocab_size  # attention split: 2 H L hd 4 >= 128 KiB
+    fast.prefill(prompt), slow.prefill(prompt)
+    for pos in range(len(prompt), len(prompt) + 4):
+        a, b = fast.decode(7 + pos, pos), slow.decode(7 + pos, pos)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+    for i in range(config.n_layers):
+        np.testing.assert_array_equal(fast.cache.kv[i], slow.cache.kv[i])  # the cache written at the same places
+    fast.reset(), slow.reset()  # a new cache: the fused call must write that one
+    fast.prefill(prompt[:5]), slow.prefill(prompt[:5])
+    np.testing.assert_allclose(fast.decode(9, 5), slow.decode(9, 5), rtol=0, atol=1e-5 * np.abs(b).max())
+    assert np.abs(fast.cache.kv[0][:, :, 5]).max() > 0
+
+
+def test_the_layer_clock_counts_each_kind_of_operation():
+    config = PRESETS["stories260K"]
+    model = Model(config, synthetic_weights(config, seed=3), kernels="numba")
+    model.prefill(np.array([1, 2, 3], dtype=np.int32))
+    clock = np.zeros(2 * len(fused.PHASES), dtype=np.int64)
+    x = model.ops.embed(model.tok_embeddings, np.array([4], dtype=np.int32))
+    for i in range(config.n_layers):
+        assert model.ops.block(x, i, 3, clock)
+    calls = dict(zip(fused.PHASES, clock[len(fused.PHASES):]))
     n = config.n_layers
-    assert calls == {"rmsnorm": 2 * n + 1, "rope": n, "swiglu": n, "attention": n}
+    assert calls == {"norm": 2 * n, "matmul": 4 * n, "rope": n, "cache": n, "attention": n, "activation": n}
+    assert (clock[: len(fused.PHASES)] > 0).all()
 
 
 def test_a_numba_decode_step_allocates_no_array_but_its_logits():
