@@ -235,7 +235,6 @@ def fused_ops(model) -> dict:
                 embed=embed_token, block=block)
 
 
-
 def embed(table, tokens):
     """Rows of the token-embedding table (V, d) as float32 (T, d), a copy the forward pass owns."""
     if isinstance(table, (HalfMatrix, BlockQ8, DeviceMatrix)):

@@ -20,7 +20,7 @@ from . import fused
 from .model import OPS, Model
 from .sampler import SamplingParams, sample
 
-KINDS = (*(kind for kind in OPS if kind != "block"), "sampling", "python")  # a fused layer: its operations'
+KINDS = (*(kind for kind in OPS if kind != "block"), "sampling", "python")  # a fused block: as its operations
 
 
 class _Timed:

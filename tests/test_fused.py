@@ -333,3 +333,19 @@ def test_a_numba_decode_step_allocates_no_array_but_its_logits():
             finally:
                 tracemalloc.stop()
     assert peaks["numba"] < 4096 < 8192 < peaks["numpy"]  # Python's own small objects only / arrays
+
+
+def test_profile_of_a_numba_step_reports_the_fused_layers_operations():
+    """--profile with one call a layer: the layer kernel's clock gives each kind its calls and time, and what is
+    left for Python is not negative (the cycle counter's rate is measured over the same steps)."""
+    from lumi.profile import profile_decode
+
+    config = PRESETS["stories260K"]
+    model = Model(config, synthetic_weights(config, seed=3), kernels="numba")
+    profile = profile_decode(model, [1, 2, 3], steps=6)
+    ops, n = profile["ops"], config.n_layers
+    calls = {kind: ops[kind]["calls_per_token"] for kind in ("norm", "matmul", "rope", "cache", "attention",
+                                                              "activation")}
+    assert calls == {"norm": 2 * n + 1, "matmul": 4 * n + 1, "rope": n, "cache": n, "attention": n, "activation": n}
+    assert all(op["s_per_token"] >= 0 for op in ops.values()) and ops["matmul"]["s_per_token"] > 0
+    assert sum(op["fraction"] for op in ops.values()) == pytest.approx(1.0)
