@@ -8,10 +8,11 @@ matrix-vector product that reads each stored row once, widens each element in
 a register (bf16: shift into a float's high half; fp16: the CPU's own
 half-to-float conversion; int8: times its block's scale),
 accumulates in float32, and takes four rows per pass over the input vector.
-fp32 weights get the same four-row kernel. The rest of a one-token step
-(RMSNorm, RoPE, SwiGLU, attention) is one numba call each, where NumPy takes
-five to ten; with outputs passed in (``model.fused_ops`` keeps them from step
-to step) a decode step allocates no array but its logits.
+fp32 weights get the same four-row kernel. A layer of a one-token step
+(RMSNorm, the products, RoPE, the cache store, attention, SwiGLU) is one numba
+call (``layer``), where NumPy takes dozens; with its scratch and the other
+outputs passed in (``model.fused_ops`` keeps them from step to step) a decode
+step allocates no array but its logits.
 
 Only single-token products (decode) take this path; a prompt's products are
 matrix-matrix work, where BLAS sgemm on widened blocks is already near the
@@ -155,7 +156,7 @@ def one_pool():
         BLAS.set(threads)
 
 
-# -- the rest of a decode step: each None where it does not apply (the caller then runs NumPy's operation) ----
+# -- the rest of a decode step: None where it does not apply (the caller then runs NumPy's operation) -------
 
 
 def threads() -> int:
@@ -173,40 +174,6 @@ def rmsnorm(x, w, eps, out=None):
         return None
     out = np.empty_like(x) if out is None else out
     _kernels().rmsnorm_row(x[0], w, np.float32(eps), out[0])
-    return out
-
-
-def rope(x, cos, sin, start_pos: int, layout: str) -> bool:
-    """Rotate one token's heads x (1, n, hd) in place; False when x is not one float32 token."""
-    if not (_one_token(x) and x.ndim == 3):
-        return False
-    _kernels().rope_row(x[0], cos, sin, start_pos, layout == "interleaved")
-    return True
-
-
-def swiglu(gu, hidden_dim: int, out=None):
-    """silu(gate) * up for gu (1, 2 hidden), float32 (1, hidden) (into ``out`` when given)."""
-    if not (_one_token(gu) and gu.ndim == 2):
-        return None
-    out = np.empty((1, hidden_dim), dtype=np.float32) if out is None else out
-    _kernels().swiglu_row(gu[0], hidden_dim, out[0])
-    return out
-
-
-def attention(q, k, v, L: int, out=None, scores=None):
-    """One query token q (1, H, hd) against positions 0..L-1 of a layer's cache k, v (Hkv, S, hd), each
-    C-contiguous (whole heads: numba vectorizes over their rows, not over a slice's strides): float32 (1, H * hd).
-    ``out`` (1, H * hd) and ``scores`` (at least ``threads()`` x L floats) are used instead of new arrays.
-    """
-    if not (_one_token(q) and q.ndim == 3 and k.dtype == v.dtype == np.float32 and k.flags.c_contiguous
-            and v.flags.c_contiguous and k.shape == v.shape and L <= k.shape[1]):
-        return None
-    _, H, hd = q.shape
-    out = np.empty((1, H * hd), dtype=np.float32) if out is None else out
-    shares = min(threads(), H)
-    if scores is None or scores.size < shares * L:
-        scores = np.empty(shares * L, dtype=np.float32)
-    _kernels().attend(q[0], k, v, L, out.reshape(H, hd), scores, shares)
     return out
 
 

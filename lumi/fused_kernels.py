@@ -389,9 +389,9 @@ def _tick(clock, phase, t0):
 def layer(x, kv, pos, shares, scratch, clock, attention_norm, ffn_norm, wqkv, sqkv, bqkv, wo, so, w13, s13, w2, s2,
           cos, sin, interleaved, n_heads, eps):
     """One transformer block for one token at ``pos``, x (d,) the residual stream, updated in place; kv (2, Hkv, S,
-    hd) the layer's cache, written at ``pos``. The operations and order of ``model.Model._hidden``'s loop, each the
-    kernel above that its one-call operation uses: in one call they run with no Python between them (after a
-    product streams megabytes, each return to the interpreter costs tens of microseconds here).
+    hd) the layer's cache, written at ``pos``. The operations and order of ``model.Model._hidden``'s loop, each a
+    kernel above, in one call with no Python between them (after a product streams megabytes, each return to the
+    interpreter costs tens of microseconds here). ``scratch``: ``fused.layer_scratch`` floats, checked.
 
     Weights as ``matvec`` reads them (w, scales: an empty scales for a float weight); bqkv empty when the model has
     no bias. ``clock`` (2 x len(PHASES) int64, added to) gets each kind of operation's cycles, then its calls;
@@ -400,10 +400,12 @@ def layer(x, kv, pos, shares, scratch, clock, attention_norm, ffn_norm, wqkv, sq
     d = x.shape[0]
     n_kv, hd = kv.shape[1], kv.shape[3]
     q_dim, n_qkv, hidden = n_heads * hd, wqkv.shape[0], w2.shape[1]
+    at = d + n_qkv + q_dim
+    if scratch.shape[0] < at + 3 * hidden + min(shares, n_heads) * kv.shape[2]:  # no bounds checks below
+        raise ValueError("fused layer: scratch too small (see fused.layer_scratch)")
     h = scratch[:d]
     qkv = scratch[d : d + n_qkv]
-    att = scratch[d + n_qkv : d + n_qkv + q_dim]
-    at = d + n_qkv + q_dim
+    att = scratch[d + n_qkv : at]
     gu = scratch[at : at + 2 * hidden]
     act = scratch[at + 2 * hidden : at + 3 * hidden]
     p = scratch[at + 3 * hidden :]

@@ -151,15 +151,15 @@ def swiglu(gu, hidden_dim: int, xp):
 def fused_ops(model) -> dict:
     """``--kernels numba``: a one-token step on the host through lumi's numba kernels: each layer one call
     (``fused.layer``: after a product streams megabytes, each return to the interpreter costs tens of
-    microseconds here), the rest an operation a call.
+    microseconds here), then the final norm and the classifier.
 
     Outputs go to buffers kept from step to step, one per role and shape (each
-    output is consumed before its role comes round again in a step: a norm's by
-    the next product, a product's by the next operation), and products with a
-    residual add into it in the kernel. So a decode step on the host allocates
-    no array but the logits it returns (``output``'s product is a new array: a
-    caller may keep it). Anything these kernels decline (a prompt, a weight
-    without a kernel, a device's arrays) runs NumPy's operation as usual.
+    output is consumed before its role comes round again in a step), and
+    products with a residual add into it in the kernel. So a decode step on the
+    host allocates no array but the logits it returns (``output``'s product is a
+    new array: a caller may keep it). Anything these kernels decline (a prompt,
+    a layer with a weight no kernel reads) runs NumPy's operations, its products
+    still through the kernels that read them.
     """
     buffers: dict = {}
     output = model.output
@@ -186,28 +186,6 @@ def fused_ops(model) -> dict:
         y = fused.rmsnorm(x, w, eps, buffer("norm", x.shape)) if xp is np else None
         return y if y is not None else rmsnorm(x, w, eps, xp)
 
-    def rope(x, cos, sin, start_pos: int, layout: str):
-        if not (isinstance(cos, np.ndarray) and fused.rope(x, cos, sin, start_pos, layout)):
-            apply_rope(x, cos, sin, start_pos, layout)
-
-    def cache(kv_cache: KVCache, layer: int, start_pos: int, kv):
-        # the layer's whole keys and values (Hkv, S, hd): attention below reads the live part (and slices it for
-        # NumPy's operation where its kernel does not apply)
-        kv_cache.store(layer, start_pos, kv)
-        return kv_cache.kv[layer][0], kv_cache.kv[layer][1]
-
-    def attend(q, k, v, start_pos: int, xp):
-        L = start_pos + q.shape[0]
-        out = None
-        if xp is np:
-            out = fused.attention(q, k, v, L, buffer("attention", (1, q.shape[1] * q.shape[2])),
-                                  buffer("scores", (fused.threads() * k.shape[1],)))
-        return out if out is not None else attention(q, k[:, :L], v[:, :L], start_pos, xp)
-
-    def activation(gu, hidden_dim: int, xp):
-        y = fused.swiglu(gu, hidden_dim, buffer("activation", (1, hidden_dim))) if xp is np else None
-        return y if y is not None else swiglu(gu, hidden_dim, xp)
-
     def embed_token(table, tokens):
         if len(tokens) == 1 and isinstance(tokens, np.ndarray) and isinstance(table, (np.ndarray, HalfMatrix, BlockQ8)):
             x = buffer("x", (1, table.shape[1]))  # the residual stream, which the step then adds into
@@ -224,15 +202,13 @@ def fused_ops(model) -> dict:
             return False
         if i not in prepared:
             layer, c = model.layers[i], model.config
-            prepared[i] = (fused.layer_operands(layer, *model.rope[layer.device], c.rope_layout, c.n_heads, model.eps)
-                           if layer.device.host_memory else None)
+            prepared[i] = fused.layer_operands(layer, *model.rope[layer.device], c.rope_layout, c.n_heads, model.eps)
         if prepared[i] is None:
             return False
         scratch = buffer("layer", (fused.layer_scratch(model.config, model.max_seq_len),))
         return fused.layer(x, model.cache.kv[i], start_pos, prepared[i], scratch, clock)
 
-    return dict(matmul=matmul, norm=norm, rope=rope, cache=cache, attention=attend, activation=activation,
-                embed=embed_token, block=block)
+    return dict(matmul=matmul, norm=norm, embed=embed_token, block=block)
 
 
 def embed(table, tokens):

@@ -201,51 +201,46 @@ def test_numba_kernels_run_the_host_layers_of_a_partial_offload():
 
 
 def test_the_small_decode_kernels_equal_numpys_operations():
-    """RMSNorm, RoPE (both layouts), SwiGLU and one-token attention (grouped kv heads, a live slice of a longer
-    cache) through numba, against model's NumPy operations: float32 summation order only."""
+    """The kernels a fused layer runs between its products: RMSNorm, RoPE (both layouts), SwiGLU and one-token
+    attention (grouped kv heads, a live part of a longer cache, heads split over two threads), against model's
+    NumPy operations: float32 summation order only."""
     from lumi.model import OPS, apply_rope, rope_tables
 
+    fk = fused._kernels()
     rng = np.random.default_rng(7)
     x, w = rng.standard_normal((1, 288), dtype=np.float32), rng.standard_normal(288, dtype=np.float32)
     np.testing.assert_allclose(fused.rmsnorm(x, w, 1e-5), OPS["norm"](x, w, np.float32(1e-5), np), rtol=2e-6,
                                atol=1e-6)
+    assert fused.rmsnorm(np.ones((2, 8), np.float32), np.ones(8, np.float32), 1e-5) is None  # a prompt: NumPy's
     cos, sin = rope_tables(48, 64, 10000.0, np)
     for layout in ("interleaved", "half"):
-        qkv = rng.standard_normal((1, 10 * 48), dtype=np.float32)
+        qkv = rng.standard_normal((10, 48), dtype=np.float32)
         want = qkv.copy()
         apply_rope(want.reshape(1, 10, 48), cos, sin, 37, layout)
-        assert fused.rope(qkv.reshape(1, 10, 48), cos, sin, 37, layout)
+        fk.rope_row(qkv, cos, sin, 37, layout == "interleaved")
         np.testing.assert_allclose(qkv, want, rtol=1e-6, atol=1e-6)
     gu = rng.standard_normal((1, 2 * 768), dtype=np.float32) * 6
     g, up = gu[0, :768].astype(np.float64), gu[0, 768:].astype(np.float64)
     exact = g / (1 + np.exp(-g)) * up
     # numba's sigmoid from exp(-|g|) is good to float32's rounding everywhere; NumPy's (tanh(g/2) + 1) cancels
     # for negative g, so it agrees only absolutely
-    np.testing.assert_allclose(fused.swiglu(gu, 768)[0], exact, rtol=1e-6, atol=0)
+    act = np.empty(768, dtype=np.float32)
+    fk.swiglu_row(gu[0], 768, act)
+    np.testing.assert_allclose(act, exact, rtol=1e-6, atol=0)
     np.testing.assert_allclose(OPS["activation"](gu, 768, np)[0], exact, rtol=1e-5, atol=2e-5)
-    cache = rng.standard_normal((2, 2, 100, 48), dtype=np.float32)
     q = rng.standard_normal((1, 6, 48), dtype=np.float32)
-    for L in (1, 3, 37, 100):  # whole heads (2, 100, 48), L of them live: g = 3 query heads a kv head
+    out, scores = np.empty((6, 48), dtype=np.float32), np.empty(2 * 1000, dtype=np.float32)
+    for S, L, shares in ((100, 1, 1), (100, 3, 1), (100, 37, 1), (100, 100, 1), (1000, 1000, 2)):
+        cache = rng.standard_normal((2, 2, S, 48), dtype=np.float32)  # g = 3 query heads a kv head
         want = OPS["attention"](q, cache[0, :, :L], cache[1, :, :L], L - 1, np)
-        np.testing.assert_allclose(fused.attention(q, cache[0], cache[1], L), want, rtol=1e-5, atol=1e-6)
-    assert fused.attention(q, cache[0, :, :50], cache[1, :, :50], 50) is None  # a slice: NumPy's operation
-    big = rng.standard_normal((2, 2, 1000, 48), dtype=np.float32)  # enough to split the heads over two threads
-    want = OPS["attention"](q, big[0], big[1], 999, np)
-    fused._shares = 2
-    try:
-        np.testing.assert_allclose(fused.attention(q, big[0], big[1], 1000), want, rtol=1e-5, atol=1e-6)
-    finally:
-        fused._shares = None
-    # two tokens (a prompt) stay on NumPy's operations
-    assert fused.rmsnorm(np.ones((2, 8), np.float32), np.ones(8, np.float32), 1e-5) is None
-    assert fused.attention(np.ones((2, 6, 48), np.float32), cache[0], cache[1], 5) is None
-    assert not fused.rope(np.ones((2, 10, 48), np.float32), cos, sin, 0, "half")
+        fk.attend(q[0], cache[0], cache[1], L, out, scores, shares)  # 1000 positions: split over two threads
+        np.testing.assert_allclose(out.reshape(1, -1), want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_numba_step_runs_each_layer_in_one_call(monkeypatch):
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config, seed=3), kernels="numba")
-    calls = {name: 0 for name in ("layer", "rmsnorm", "rope", "swiglu", "attention")}
+    calls = {name: 0 for name in ("layer", "rmsnorm")}
     for name in calls:
         real = getattr(fused, name)
 
@@ -259,15 +254,16 @@ def test_a_numba_step_runs_each_layer_in_one_call(monkeypatch):
     assert calls == dict.fromkeys(calls, 0)  # a prompt: each declines, and NumPy's operations run
     with model.decoding():
         model.decode(5, 3)
-    assert calls == {"layer": config.n_layers, "rmsnorm": 1, "rope": 0, "swiglu": 0, "attention": 0}  # + final norm
+    assert calls == {"layer": config.n_layers, "rmsnorm": 1}  # and the final norm
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ["grouped, interleaved", "bias, half", "threads"])
 def test_one_call_a_layer_equals_the_step_op_by_op(monkeypatch, dtype, shape):
-    """``fused.layer`` against the same model's numba operations one call each (``block`` declined): the same
-    kernels in the same order, for every storage dtype, grouped kv heads, a q/k/v bias, both RoPE layouts, and
-    the products and attention split over two threads."""
+    """``fused.layer`` against the same model with ``block`` declined (the same product kernels, NumPy's
+    operations between them), for every storage dtype, grouped kv heads, a q/k/v bias, both RoPE layouts, and
+    the products and attention split over two threads: float32 rounding only, and the cache written at the same
+    places."""
     import numba
 
     from lumi.model import no_block
@@ -287,7 +283,7 @@ def test_one_call_a_layer_equals_the_step_op_by_op(monkeypatch, dtype, shape):
         a, b = fast.decode(7 + pos, pos), slow.decode(7 + pos, pos)
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
     for i in range(config.n_layers):
-        np.testing.assert_array_equal(fast.cache.kv[i], slow.cache.kv[i])  # the cache written at the same places
+        np.testing.assert_allclose(fast.cache.kv[i], slow.cache.kv[i], rtol=0, atol=1e-5)
     fast.reset(), slow.reset()  # a new cache: the fused call must write that one
     fast.prefill(prompt[:5]), slow.prefill(prompt[:5])
     np.testing.assert_allclose(fast.decode(9, 5), slow.decode(9, 5), rtol=0, atol=1e-5 * np.abs(b).max())
@@ -304,6 +300,10 @@ def test_the_layer_clock_counts_each_kind_of_operation():
         assert model.ops.block(x, i, 3, clock)
     calls = dict(zip(fused.PHASES, clock[len(fused.PHASES):]))
     n = config.n_layers
+    scratch = np.empty(fused.layer_scratch(config, model.max_seq_len) - 1, dtype=np.float32)
+    operands = fused.layer_operands(model.layers[0], *model.rope[CPU], config.rope_layout, config.n_heads, model.eps)
+    with pytest.raises(ValueError, match="scratch too small"):  # numba checks no bounds: the kernel does
+        fused.layer(x, model.cache.kv[0], 3, operands, scratch)
     assert calls == {"norm": 2 * n, "matmul": 4 * n, "rope": n, "cache": n, "attention": n, "activation": n}
     assert (clock[: len(fused.PHASES)] > 0).all()
 
