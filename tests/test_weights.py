@@ -109,7 +109,7 @@ def test_16_bit_greedy_ids_match_fp32_on_stories260K(assets, dtype, prefix):
     assert ids == golden[:prefix]
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "int8"])
 def test_rows_split_across_threads_give_the_same_product(dtype):
     from threadpoolctl import threadpool_limits
 
