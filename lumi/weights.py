@@ -22,6 +22,14 @@ STORAGE_DTYPES = {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16), "b
 QK = 32  # int8 block length along the input axis (GGUF's Q8_0 uses the same)
 
 
+PARALLEL_MIN_BYTES = 4 << 20  # smaller stored matrices are not worth handing to worker threads
+# bf16's one-pass cast of a block that the cache holds takes about as long as the Python and GIL
+# hand-offs of two threads sharing it: split, a cache-resident 32000x288 product ran 1.3-1.5x slower
+# (stories15M bf16 decode at 2 threads 1.45x). Streamed from memory, the split gains (tinyllama-1.1B
+# 0.93x, llama2-7B 0.85x). A matrix above this size is taken to stream from memory.
+BF16_PARALLEL_MIN_BYTES = 32 << 20
+
+
 @dataclass
 class BlockQ8:
     """int8 weights in blocks along the last axis, one float32 scale per block.
@@ -55,6 +63,7 @@ class BlockQ8:
 
     storage = "int8"
     path = "int8-blocks"
+    parallel_min_bytes = PARALLEL_MIN_BYTES  # from this size up, products split the rows over Python threads
 
     def dequantize(self) -> np.ndarray:
         """float32 (out, in): for tests and conversion, not for the hot path."""
@@ -125,8 +134,10 @@ class HalfMatrix:
     def __init__(self, a: np.ndarray):
         assert a.ndim == 2 and a.dtype in (np.float16, BF16)
         self.a = np.ascontiguousarray(a)
+        self.parallel_min_bytes = PARALLEL_MIN_BYTES  # from this size up, products split the rows over Python threads
         if a.dtype == BF16:
             self.storage, self.path = "bf16", "bf16-ml_dtypes-cast"
+            self.parallel_min_bytes = BF16_PARALLEL_MIN_BYTES
         else:
             finite = not np.any((self.a.view(np.uint16) & np.uint16(0x7C00)) == np.uint16(0x7C00))
             self.storage, self.path = "fp16", "fp16-bits" if finite else "fp16-numpy-cast"
@@ -151,7 +162,6 @@ class HalfMatrix:
 
 
 _LOCAL = threading.local()  # each thread's reused float32 buffer for widened blocks
-PARALLEL_MIN_BYTES = 4 << 20  # smaller stored matrices are not worth handing to worker threads
 
 
 def _scratch(n: int) -> np.ndarray:
@@ -221,16 +231,16 @@ def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
 
     Rows of w are widened into a cache-sized float32 block, which BLAS then
     multiplies; the full matrix never exists in float32. With BLAS allowed n > 1
-    threads and a big matrix, n Python threads each take a share of the rows
-    (every widening path releases the GIL, ml_dtypes' bf16 cast included) while
-    BLAS is held at one thread: one active pool at a time, since two pools
-    spinning on the same cores slow each other down. At 2 threads on 11008x4096
-    this took fp16 from 3.75x to 2.93x the fp32 product and int8 from 3.99x to
-    2.63x; on tinyllama-1.1B it took bf16 decode from 0.355 to 0.300 s/token.
+    threads and a matrix of at least ``w.parallel_min_bytes``, n Python threads
+    each take a share of the rows (every widening path releases the GIL,
+    ml_dtypes' bf16 cast included) while BLAS is held at one thread: one active
+    pool at a time, since two pools spinning on the same cores slow each other
+    down. At 2 threads on 11008x4096 this took fp16 from 3.75x to 2.93x the fp32
+    product and int8 from 3.99x to 2.63x.
     """
     rows = w.shape[0]
     out = np.empty((x.shape[0], rows), dtype=np.float32)
-    threads = min(BLAS.threads(), rows) if w.nbytes >= PARALLEL_MIN_BYTES else 1
+    threads = min(BLAS.threads(), rows) if w.nbytes >= w.parallel_min_bytes else 1
     if threads <= 1:
         _widened_rows(x, w, 0, rows, out)
         return out

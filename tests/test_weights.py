@@ -110,20 +110,29 @@ def test_16_bit_greedy_ids_match_fp32_on_stories260K(assets, dtype, prefix):
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "int8"])
-def test_rows_split_across_threads_give_the_same_product(dtype):
+def test_rows_split_across_threads_give_the_same_product(dtype, monkeypatch):
+    import threading
+
     from threadpoolctl import threadpool_limits
 
-    from lumi.weights import PARALLEL_MIN_BYTES, BLAS
+    from lumi import weights
+    from lumi.weights import BLAS
 
-    w = RNG.standard_normal((1500, 4096)).astype(np.float32)  # 6-12 MB stored: above the threading threshold
+    w = RNG.standard_normal((1500, 4096)).astype(np.float32)  # 6-12 MB stored
     x = RNG.standard_normal((2, 4096)).astype(np.float32)
     stored = to_storage(w, dtype)
-    assert stored.nbytes >= PARALLEL_MIN_BYTES
+    if dtype == "bf16":  # bf16 splits only matrices big enough to stream from memory
+        assert stored.nbytes < stored.parallel_min_bytes
+        monkeypatch.setattr(stored, "parallel_min_bytes", stored.nbytes)
+    assert stored.nbytes >= stored.parallel_min_bytes
     with threadpool_limits(1):
         single = widened_matmul_t(x, stored)
+    ran, widen = [], weights._widened_rows
+    monkeypatch.setattr(weights, "_widened_rows", lambda *a: (ran.append(threading.current_thread().name), widen(*a)))
     with threadpool_limits(2):
         split = widened_matmul_t(x, stored)
         assert BLAS.threads() == 2  # restored after the call
+    assert len(ran) == 2 and all(name.startswith("lumi-widen") for name in ran)  # two worker threads, half each
     assert np.abs(single - split).max() <= 1e-6 * np.abs(single).max()  # BLAS kernels differ on block tails
 
 
