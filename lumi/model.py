@@ -27,8 +27,9 @@ from .config import ModelConfig
 from .errors import LumiError, UsageError
 from .kvcache import KVCache
 from .sampler import SamplingParams, choose
-from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, convert_on_device, device_matmul_t, release,
-                      resident, stack_on_device, stack_rows, to_float32, to_storage, widened_matmul_t)
+from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, convert_on_device, device_matmul_t,
+                      keep_bf16_rows_whole, last_level_cache_bytes, release, resident, stack_on_device, stack_rows,
+                      to_float32, to_storage, widened_matmul_t)
 
 log = logging.getLogger("lumi")
 F32 = np.float32
@@ -350,6 +351,7 @@ class Model:
                     device=dev,
                 )
             )
+        keep_bf16_rows_whole(self.weight_arrays().values(), last_level_cache_bytes())
         self.eps = F32(c.norm_eps)
         self.ops = SimpleNamespace(**OPS)  # the host layers' operations (and prompts' without a GPU's kernels)
         if kernels == "numba":

@@ -13,6 +13,7 @@ import mmap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -23,11 +24,6 @@ QK = 32  # int8 block length along the input axis (GGUF's Q8_0 uses the same)
 
 
 PARALLEL_MIN_BYTES = 4 << 20  # smaller stored matrices are not worth handing to worker threads
-# bf16's one-pass cast of a block that the cache holds takes about as long as the Python and GIL
-# hand-offs of two threads sharing it: split, a cache-resident 32000x288 product ran 1.3-1.5x slower
-# (stories15M bf16 decode at 2 threads 1.45x). Streamed from memory, the split gains (tinyllama-1.1B
-# 0.93x, llama2-7B 0.85x). A matrix above this size is taken to stream from memory.
-BF16_PARALLEL_MIN_BYTES = 32 << 20
 
 
 @dataclass
@@ -63,7 +59,7 @@ class BlockQ8:
 
     storage = "int8"
     path = "int8-blocks"
-    parallel_min_bytes = PARALLEL_MIN_BYTES  # from this size up, products split the rows over Python threads
+    split_rows = True  # products of PARALLEL_MIN_BYTES and up split the rows over Python threads
 
     def dequantize(self) -> np.ndarray:
         """float32 (out, in): for tests and conversion, not for the hot path."""
@@ -134,10 +130,9 @@ class HalfMatrix:
     def __init__(self, a: np.ndarray):
         assert a.ndim == 2 and a.dtype in (np.float16, BF16)
         self.a = np.ascontiguousarray(a)
-        self.parallel_min_bytes = PARALLEL_MIN_BYTES  # from this size up, products split the rows over Python threads
+        self.split_rows = True  # products of PARALLEL_MIN_BYTES and up split the rows over Python threads
         if a.dtype == BF16:
             self.storage, self.path = "bf16", "bf16-ml_dtypes-cast"
-            self.parallel_min_bytes = BF16_PARALLEL_MIN_BYTES
         else:
             finite = not np.any((self.a.view(np.uint16) & np.uint16(0x7C00)) == np.uint16(0x7C00))
             self.storage, self.path = "fp16", "fp16-bits" if finite else "fp16-numpy-cast"
@@ -226,21 +221,52 @@ BLAS = _Blas()
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
+def last_level_cache_bytes() -> int | None:
+    """The largest CPU cache's size in bytes, from Linux's sysfs; None where it cannot be read."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+            sizes.append(int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1:], 0))
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=None)
+
+
+def keep_bf16_rows_whole(weights, cache_bytes: int | None) -> None:
+    """Products of bf16 weights stay on one Python thread where the last-level cache holds the host's weights.
+
+    bf16's cast is one fast pass: on a block the cache holds, two threads handing
+    blocks back and forth through the GIL cost more than they gain (stories15M,
+    30 MB of bf16 on a host with a 480 MiB cache, decoded 1.45x slower split at 2
+    threads). Streamed from memory, the split gains (tinyllama-1.1B 0.85x,
+    llama2-7B 0.85x). fp16 and int8 widen in several passes and gain either way.
+    An unknown cache size counts as none.
+    """
+    host = [w for w in weights if isinstance(w, (np.ndarray, HalfMatrix, BlockQ8))]
+    if cache_bytes is None or sum(w.nbytes for w in host) > cache_bytes:
+        return
+    for w in host:
+        if isinstance(w, HalfMatrix) and w.storage == "bf16":
+            w.split_rows = False
+
+
 def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
     """x (T, in) @ w.T for a HalfMatrix or BlockQ8 w (out, in): float32 (T, out).
 
     Rows of w are widened into a cache-sized float32 block, which BLAS then
     multiplies; the full matrix never exists in float32. With BLAS allowed n > 1
-    threads and a matrix of at least ``w.parallel_min_bytes``, n Python threads
-    each take a share of the rows (every widening path releases the GIL,
-    ml_dtypes' bf16 cast included) while BLAS is held at one thread: one active
-    pool at a time, since two pools spinning on the same cores slow each other
-    down. At 2 threads on 11008x4096 this took fp16 from 3.75x to 2.93x the fp32
-    product and int8 from 3.99x to 2.63x.
+    threads and a big matrix (``split_rows``), n Python threads each take a share
+    of the rows (every widening path releases the GIL, ml_dtypes' bf16 cast
+    included) while BLAS is held at one thread: one active pool at a time, since
+    two pools spinning on the same cores slow each other down. At 2 threads on
+    11008x4096 this took fp16 from 3.75x to 2.93x the fp32 product and int8 from
+    3.99x to 2.63x; on tinyllama-1.1B it took bf16 decode from 0.355 to 0.300
+    s/token. ``keep_bf16_rows_whole`` turns it off for bf16 weights the cache holds.
     """
     rows = w.shape[0]
     out = np.empty((x.shape[0], rows), dtype=np.float32)
-    threads = min(BLAS.threads(), rows) if w.nbytes >= w.parallel_min_bytes else 1
+    threads = min(BLAS.threads(), rows) if w.split_rows and w.nbytes >= PARALLEL_MIN_BYTES else 1
     if threads <= 1:
         _widened_rows(x, w, 0, rows, out)
         return out

@@ -121,10 +121,7 @@ def test_rows_split_across_threads_give_the_same_product(dtype, monkeypatch):
     w = RNG.standard_normal((1500, 4096)).astype(np.float32)  # 6-12 MB stored
     x = RNG.standard_normal((2, 4096)).astype(np.float32)
     stored = to_storage(w, dtype)
-    if dtype == "bf16":  # bf16 splits only matrices big enough to stream from memory
-        assert stored.nbytes < stored.parallel_min_bytes
-        monkeypatch.setattr(stored, "parallel_min_bytes", stored.nbytes)
-    assert stored.nbytes >= stored.parallel_min_bytes
+    assert stored.split_rows and stored.nbytes >= weights.PARALLEL_MIN_BYTES
     with threadpool_limits(1):
         single = widened_matmul_t(x, stored)
     ran, widen = [], weights._widened_rows
@@ -134,6 +131,27 @@ def test_rows_split_across_threads_give_the_same_product(dtype, monkeypatch):
         assert BLAS.threads() == 2  # restored after the call
     assert len(ran) == 2 and all(name.startswith("lumi-widen") for name in ran)  # two worker threads, half each
     assert np.abs(single - split).max() <= 1e-6 * np.abs(single).max()  # BLAS kernels differ on block tails
+
+
+def test_bf16_rows_stay_whole_where_the_cache_holds_the_weights():
+    from lumi.weights import keep_bf16_rows_whole, last_level_cache_bytes
+
+    def stored():
+        return [to_storage(np.ones((64, 64), np.float32), d) for d in ("bf16", "fp16", "int8")]
+
+    held = stored()
+    total = sum(w.nbytes for w in held)
+    keep_bf16_rows_whole(held, total)  # the cache holds them: bf16's cast is one pass, not worth two threads
+    assert [w.split_rows for w in held] == [False, True, True]
+    for cache in (total - 1, None):  # streamed from memory, or a cache of unknown size: split
+        streamed = stored()
+        keep_bf16_rows_whole(streamed, cache)
+        assert all(w.split_rows for w in streamed)
+    cache = last_level_cache_bytes()
+    assert cache is None or cache >= 1 << 16
+    config = PRESETS["stories260K"]
+    model = Model(config, synthetic_weights(config, seed=3), dtype="bf16")
+    assert model.layers[0].w13.split_rows == (cache is None)  # 0.5 MB of bf16 weights: any last-level cache holds them
 
 
 def _rss_bytes() -> int:
