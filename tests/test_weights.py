@@ -12,7 +12,7 @@ import lumi
 from lumi.config import PRESETS
 from lumi.formats.synthetic import synthetic_weights
 from lumi.model import Model
-from lumi.weights import (BF16, BLOCK_BYTES, QK, BlockQ8, HalfMatrix, quantize_q8, stack_rows, to_float32,
+from lumi.weights import (BF16, QK, BlockQ8, HalfMatrix, block_rows, quantize_q8, stack_rows, to_float32,
                           to_storage, widened_matmul_t)
 
 RNG = np.random.default_rng(0)
@@ -28,7 +28,7 @@ def test_widened_product_equals_the_product_with_the_widened_matrix(dtype, cols)
     expected = x @ wide.T
     assert np.abs(widened_matmul_t(x, stored) - expected).max() <= 1e-5 * np.abs(expected).max()  # order of sums only
     if cols == 4096:
-        assert BLOCK_BYTES // (4 * cols) < 300  # the product really runs in several blocks
+        assert block_rows(3, cols) < 300  # the product really runs in several blocks
 
 
 def test_fp16_bit_path_is_exact_for_every_finite_half():
@@ -119,7 +119,7 @@ def test_rows_split_across_threads_give_the_same_product(dtype, monkeypatch):
     from lumi.weights import BLAS
 
     w = RNG.standard_normal((1500, 4096)).astype(np.float32)  # 6-12 MB stored
-    x = RNG.standard_normal((2, 4096)).astype(np.float32)
+    x = RNG.standard_normal((1, 4096)).astype(np.float32)
     stored = to_storage(w, dtype)
     assert stored.split_rows and stored.nbytes >= weights.PARALLEL_MIN_BYTES
     with threadpool_limits(1):
@@ -129,7 +129,10 @@ def test_rows_split_across_threads_give_the_same_product(dtype, monkeypatch):
     with threadpool_limits(2):
         split = widened_matmul_t(x, stored)
         assert BLAS.threads() == 2  # restored after the call
-    assert len(ran) == 2 and all(name.startswith("lumi-widen") for name in ran)  # two worker threads, half each
+        assert len(ran) == 2 and all(name.startswith("lumi-widen") for name in ran)  # two worker threads, half each
+        ran.clear()
+        widened_matmul_t(np.repeat(x, 2, axis=0), stored)  # a prompt's product: BLAS's own threads, on wide blocks
+        assert ran == [threading.current_thread().name]
     assert np.abs(single - split).max() <= 1e-6 * np.abs(single).max()  # BLAS kernels differ on block tails
 
 
