@@ -270,8 +270,8 @@ def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
     included) while BLAS is held at one thread: one active pool at a time, since
     two pools spinning on the same cores slow each other down. At 2 threads on
     11008x4096 this took fp16 from 3.75x to 2.93x the fp32 product and int8 from
-    3.99x to 2.63x; on tinyllama-1.1B it took bf16 decode from 0.355 to 0.300
-    s/token. ``keep_bf16_rows_whole`` turns it off for bf16 weights the cache holds.
+    3.99x to 2.63x; on tinyllama-1.1B it took bf16 decode at 2 threads to
+    0.85-0.92x. ``keep_bf16_rows_whole`` turns it off for bf16 weights the cache holds.
     A prompt's product (T > 1) is sgemm on wide blocks, where BLAS's own threads
     do better: at T = 128 on tinyllama's shapes, 2 threads, split against whole
     took 1.47x against 1.25x the fp32 products' time in bf16, 1.61x against
