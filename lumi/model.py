@@ -27,9 +27,9 @@ from .config import ModelConfig
 from .errors import LumiError, UsageError
 from .kvcache import KVCache
 from .sampler import SamplingParams, choose
-from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, convert_on_device, device_matmul_t,
-                      keep_bf16_rows_whole, last_level_cache_bytes, release, resident, stack_on_device, stack_rows,
-                      to_float32, to_storage, widened_matmul_t)
+from .weights import (PARALLEL_MIN_BYTES, STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, convert_on_device,
+                      device_matmul_t, keep_bf16_rows_whole, last_level_cache_bytes, release, resident,
+                      stack_on_device, stack_rows, to_float32, to_storage, widened_matmul_t)
 
 log = logging.getLogger("lumi")
 F32 = np.float32
@@ -407,6 +407,16 @@ class Model:
             fused_path = fused.path(a) if self.kernels == "numba" and product else None
             paths.setdefault(kind, fused_path or getattr(a, "path", "fp32"))
         return paths
+
+    def split_products(self, threads: int) -> list[str]:
+        """The kinds of weight whose one-token products split their rows over Python threads at ``threads``
+        BLAS threads (``weights.widened_matmul_t``; it depends on the last-level cache for bf16). None with
+        numba kernels, whose own threads split the products."""
+        if threads < 2 or self.kernels == "numba":
+            return []
+        return sorted({name.rsplit(".", 1)[-1] for name, a in self.weight_arrays().items()
+                       if getattr(a, "split_rows", False) and a.nbytes >= PARALLEL_MIN_BYTES
+                       and (a is not self.tok_embeddings or a is self.output)})  # the table: row lookups only
 
     def weight_bytes(self) -> int:
         return sum(a.nbytes for a in self.weight_arrays().values())

@@ -127,9 +127,10 @@ def test_bench_json_has_the_promised_fields(tmp_path, capsys):
     for key in ("prefill_tokens", "prefill_s", "prefill_tokens_per_s", "decode_tokens", "decode_s",
                 "decode_s_per_token", "decode_tokens_per_s", "ttft_s", "load_s", "peak_rss_bytes",
                 "weight_bytes_per_token", "bandwidth_fraction", "prefill_flops_per_token", "prefill_sgemm_fraction",
-                "samples", "ids_fingerprint"):
+                "samples", "ids_fingerprint", "split_rows"):
         assert key in r, key
     assert r["prefill_tokens"] == 8 and r["decode_tokens"] == 5 and r["threads_applied"] == 1
+    assert r["split_rows"] == []  # one thread: no product splits its rows
     assert len(r["samples"]["decode_s_per_token"]) == 2
     assert r["peak_rss_bytes"] > 10 * 2**20 and 0 < r["bandwidth_fraction"] < 100
     assert 0 < r["prefill_sgemm_fraction"] < 100

@@ -155,6 +155,10 @@ def test_bf16_rows_stay_whole_where_the_cache_holds_the_weights():
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config, seed=3), dtype="bf16")
     assert model.layers[0].w13.split_rows == (cache is None)  # 0.5 MB of bf16 weights: any last-level cache holds them
+    assert model.split_products(2) == []  # and each matrix is far below PARALLEL_MIN_BYTES anyway
+    big = to_storage(np.ones((1024, 4096), np.float32), "fp16")  # 8 MB
+    model.layers[1].w2 = big  # swapped in for the provenance only: no product runs
+    assert model.split_products(2) == ["w2"] and model.split_products(1) == []
 
 
 def _rss_bytes() -> int:

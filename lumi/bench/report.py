@@ -84,7 +84,7 @@ def markdown(doc: dict) -> str:
 
 def to_csv(doc: dict) -> str:
     buffer = io.StringIO()
-    keys = [k for k in doc["results"][0] if k not in ("spread", "samples", "profile", "widening", "reference")] \
+    keys = [k for k in doc["results"][0] if k not in ("spread", "samples", "profile", "widening", "split_rows", "reference")] \
         if doc["results"] else []
     writer = csv.writer(buffer)
     writer.writerow(keys)

@@ -184,6 +184,7 @@ def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
     result["weight_bytes_per_token"] = model.decode_weight_bytes()
     result["prefill_flops_per_token"] = model.prefill_flops(point.prompt_tokens) / point.prompt_tokens
     result["widening"] = model.widening_paths()  # the path each kind of weight actually took
+    result["split_rows"] = model.split_products(threads)  # products on Python threads, BLAS held at one
     result["gpu_step"] = model.gpu_step()  # what a decode step ran on the GPU (a CUDA graph, kernels, ...)
     result["graph_error"] = model.graph_error
     if cfg.kernels == "numba":
