@@ -27,9 +27,9 @@ from .config import ModelConfig
 from .errors import LumiError, UsageError
 from .kvcache import KVCache
 from .sampler import SamplingParams, choose
-from .weights import (PARALLEL_MIN_BYTES, STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, convert_on_device,
-                      device_matmul_t, keep_bf16_rows_whole, last_level_cache_bytes, release, resident,
-                      stack_on_device, stack_rows, to_float32, to_storage, widened_matmul_t)
+from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, convert_on_device, device_matmul_t,
+                      keep_bf16_rows_whole, last_level_cache_bytes, release, resident, splits_rows, stack_on_device,
+                      stack_rows, to_float32, to_storage, widened_matmul_t)
 
 log = logging.getLogger("lumi")
 F32 = np.float32
@@ -415,8 +415,7 @@ class Model:
         if threads < 2 or self.kernels == "numba":
             return []
         return sorted({name.rsplit(".", 1)[-1] for name, a in self.weight_arrays().items()
-                       if getattr(a, "split_rows", False) and a.nbytes >= PARALLEL_MIN_BYTES
-                       and (a is not self.tok_embeddings or a is self.output)})  # the table: row lookups only
+                       if splits_rows(a) and (a is not self.tok_embeddings or a is self.output)})  # the table: lookups
 
     def weight_bytes(self) -> int:
         return sum(a.nbytes for a in self.weight_arrays().values())

@@ -134,7 +134,6 @@ class HalfMatrix:
     def __init__(self, a: np.ndarray):
         assert a.ndim == 2 and a.dtype in (np.float16, BF16)
         self.a = np.ascontiguousarray(a)
-        self.split_rows = True  # products of PARALLEL_MIN_BYTES and up split the rows over Python threads
         if a.dtype == BF16:
             self.storage, self.path = "bf16", "bf16-ml_dtypes-cast"
         else:
@@ -144,6 +143,7 @@ class HalfMatrix:
 
     shape = property(lambda self: self.a.shape)
     nbytes = property(lambda self: self.a.nbytes)
+    split_rows = True  # products of PARALLEL_MIN_BYTES and up split the rows over Python threads
 
     def widen_rows(self, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
         """Rows r0:r1 as float32 into out (r1 - r0, in)."""
@@ -260,6 +260,12 @@ def keep_bf16_rows_whole(weights, cache_bytes: int | None) -> None:
             w.split_rows = False
 
 
+def splits_rows(w) -> bool:
+    """Whether a one-token product with the stored matrix w splits its rows over Python threads (where BLAS
+    may use more than one)."""
+    return getattr(w, "split_rows", False) and w.nbytes >= PARALLEL_MIN_BYTES
+
+
 def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
     """x (T, in) @ w.T for a HalfMatrix or BlockQ8 w (out, in): float32 (T, out).
 
@@ -279,7 +285,7 @@ def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
     """
     rows = w.shape[0]
     out = np.empty((x.shape[0], rows), dtype=np.float32)
-    threads = min(BLAS.threads(), rows) if x.shape[0] == 1 and w.split_rows and w.nbytes >= PARALLEL_MIN_BYTES else 1
+    threads = min(BLAS.threads(), rows) if x.shape[0] == 1 and splits_rows(w) else 1
     if threads <= 1:
         _widened_rows(x, w, 0, rows, out)
         return out

@@ -121,7 +121,7 @@ def test_rows_split_across_threads_give_the_same_product(dtype, monkeypatch):
     w = RNG.standard_normal((1500, 4096)).astype(np.float32)  # 6-12 MB stored
     x = RNG.standard_normal((1, 4096)).astype(np.float32)
     stored = to_storage(w, dtype)
-    assert stored.split_rows and stored.nbytes >= weights.PARALLEL_MIN_BYTES
+    assert weights.splits_rows(stored)  # 4 MB and up
     with threadpool_limits(1):
         single = widened_matmul_t(x, stored)
     ran, widen = [], weights._widened_rows
