@@ -176,7 +176,19 @@ def block_rows(tokens: int, cols: int) -> int:
 
 
 def _widened_rows(x: np.ndarray, w, r0: int, r1: int, out: np.ndarray) -> None:
-    """out[:, r0:r1] = x @ w[r0:r1].T, widening a cache-sized block of rows at a time."""
+    """out[:, r0:r1] = x @ w[r0:r1].T, widening a cache-sized block of rows at a time.
+
+    One token's product with bf16 rows is one einsum call instead: its iterator
+    casts 8192 elements at a time (ml_dtypes' cast) into a buffer that stays in
+    L1 and multiplies them there, with the GIL released for the whole range. The
+    block loop's short calls hand the GIL back and forth between two threads
+    every few microseconds, and each hand-off costs about as much as a call: on
+    an 11264x2048 product at 2 threads the loop took 1.81x the fp32 product's
+    time, the einsum 1.26x (1.21x against 1.20x at 1 thread).
+    """
+    if x.shape[0] == 1 and getattr(w, "storage", None) == "bf16":
+        np.einsum("k,nk->n", x[0], w.a[r0:r1], out=out[0, r0:r1], dtype=np.float32, casting="unsafe")
+        return
     cols = w.shape[1]
     block = min(r1 - r0, block_rows(x.shape[0], cols))
     buffer = _scratch(block * cols)
