@@ -28,8 +28,8 @@ from .errors import LumiError, UsageError
 from .kvcache import KVCache
 from .sampler import SamplingParams, choose
 from .weights import (STORAGE_DTYPES, BlockQ8, DeviceMatrix, HalfMatrix, convert_on_device, device_matmul_t,
-                      keep_bf16_rows_whole, last_level_cache_bytes, release, resident, splits_rows, stack_on_device,
-                      stack_rows, to_float32, to_storage, widened_matmul_t)
+                      release, resident, splits_rows, stack_on_device, stack_rows, to_float32, to_storage,
+                      widened_matmul_t)
 
 log = logging.getLogger("lumi")
 F32 = np.float32
@@ -351,7 +351,6 @@ class Model:
                     device=dev,
                 )
             )
-        keep_bf16_rows_whole(self.weight_arrays().values(), last_level_cache_bytes())
         self.eps = F32(c.norm_eps)
         self.ops = SimpleNamespace(**OPS)  # the host layers' operations (and prompts' without a GPU's kernels)
         if kernels == "numba":
@@ -410,7 +409,7 @@ class Model:
 
     def split_products(self, threads: int) -> list[str]:
         """The kinds of weight whose one-token products split their rows over Python threads at ``threads``
-        BLAS threads (``weights.widened_matmul_t``; it depends on the last-level cache for bf16). None with
+        BLAS threads (``weights.widened_matmul_t``, ``weights.splits_rows``). None with
         numba kernels, whose own threads split the products."""
         if threads < 2 or self.kernels == "numba":
             return []

@@ -13,7 +13,6 @@ import mmap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -23,7 +22,12 @@ STORAGE_DTYPES = {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16), "b
 QK = 32  # int8 block length along the input axis (GGUF's Q8_0 uses the same)
 
 
-PARALLEL_MIN_BYTES = 4 << 20  # smaller stored matrices are not worth handing to worker threads
+# Stored matrices smaller than this are not worth handing to worker threads: a block loop hands the GIL back
+# and forth every few microseconds. A bf16 product for one token is one call a thread, so it splits from
+# ONE_CALL_MIN_BYTES (stories110M bf16 decode 0.82x at 2 threads with 1 MiB against 4; 256 KiB took
+# stories15M's 0.9 MB gate/up product to two threads and its decode to 1.4x).
+PARALLEL_MIN_BYTES = 4 << 20
+ONE_CALL_MIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -59,7 +63,7 @@ class BlockQ8:
 
     storage = "int8"
     path = "int8-blocks"
-    split_rows = True  # products of PARALLEL_MIN_BYTES and up split the rows over Python threads
+    split_min_bytes = PARALLEL_MIN_BYTES  # one-token products this size and up split their rows over Python threads
 
     def dequantize(self) -> np.ndarray:
         """float32 (out, in): for tests and conversion, not for the hot path."""
@@ -143,7 +147,7 @@ class HalfMatrix:
 
     shape = property(lambda self: self.a.shape)
     nbytes = property(lambda self: self.a.nbytes)
-    split_rows = True  # products of PARALLEL_MIN_BYTES and up split the rows over Python threads
+    split_min_bytes = property(lambda self: ONE_CALL_MIN_BYTES if self.storage == "bf16" else PARALLEL_MIN_BYTES)
 
     def widen_rows(self, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
         """Rows r0:r1 as float32 into out (r1 - r0, in)."""
@@ -242,54 +246,23 @@ BLAS = _Blas()
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
-def last_level_cache_bytes() -> int | None:
-    """The largest CPU cache's size in bytes, from Linux's sysfs; None where it cannot be read."""
-    sizes = []
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            text = (index / "size").read_text().strip().upper()
-            sizes.append(int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1:], 0))
-        except (OSError, ValueError):
-            continue
-    return max(sizes, default=None)
-
-
-def keep_bf16_rows_whole(weights, cache_bytes: int | None) -> None:
-    """Products of bf16 weights stay on one Python thread where the last-level cache holds the host's weights.
-
-    bf16's cast is one fast pass: on a block the cache holds, two threads handing
-    blocks back and forth through the GIL cost more than they gain (stories15M,
-    30 MB of bf16 on a host with a 480 MiB cache, decoded 1.45x slower split at 2
-    threads). Streamed from memory, the split gains (tinyllama-1.1B 0.85x,
-    llama2-7B 0.85x). fp16 and int8 widen in several passes and gain either way.
-    An unknown cache size counts as none.
-    """
-    host = [w for w in weights if isinstance(w, (np.ndarray, HalfMatrix, BlockQ8))]
-    if cache_bytes is None or sum(w.nbytes for w in host) > cache_bytes:
-        return
-    for w in host:
-        if isinstance(w, HalfMatrix) and w.storage == "bf16":
-            w.split_rows = False
-
-
 def splits_rows(w) -> bool:
     """Whether a one-token product with the stored matrix w splits its rows over Python threads (where BLAS
     may use more than one)."""
-    return getattr(w, "split_rows", False) and w.nbytes >= PARALLEL_MIN_BYTES
+    return w.nbytes >= getattr(w, "split_min_bytes", float("inf"))
 
 
 def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
     """x (T, in) @ w.T for a HalfMatrix or BlockQ8 w (out, in): float32 (T, out).
 
     Rows of w are widened into a cache-sized float32 block, which BLAS then
-    multiplies; the full matrix never exists in float32. With BLAS allowed n > 1
-    threads and a big matrix (``split_rows``), n Python threads each take a share
-    of the rows (every widening path releases the GIL, ml_dtypes' bf16 cast
-    included) while BLAS is held at one thread: one active pool at a time, since
-    two pools spinning on the same cores slow each other down. At 2 threads on
-    11008x4096 this took fp16 from 3.75x to 2.93x the fp32 product and int8 from
-    3.99x to 2.63x; on tinyllama-1.1B it took bf16 decode at 2 threads to
-    0.85-0.92x. ``keep_bf16_rows_whole`` turns it off for bf16 weights the cache holds.
+    multiplies (one token's bf16 rows: one einsum, see ``_widened_rows``); the
+    full matrix never exists in float32. With BLAS allowed n > 1 threads and a
+    big matrix (``splits_rows``), n Python threads each take a share of the rows
+    (every widening path releases the GIL) while BLAS is held at one thread: one
+    active pool at a time, since two pools spinning on the same cores slow each
+    other down. At 2 threads on 11008x4096 this took fp16 from 3.75x to 2.93x the
+    fp32 product and int8 from 3.99x to 2.63x.
     A prompt's product (T > 1) is sgemm on wide blocks, where BLAS's own threads
     do better: at T = 128 on tinyllama's shapes, 2 threads, split against whole
     took 1.47x against 1.25x the fp32 products' time in bf16, 1.61x against

@@ -136,28 +136,24 @@ def test_rows_split_across_threads_give_the_same_product(dtype, monkeypatch):
     assert np.abs(single - split).max() <= 1e-6 * np.abs(single).max()  # BLAS kernels differ on block tails
 
 
-def test_bf16_rows_stay_whole_where_the_cache_holds_the_weights():
-    from lumi.weights import keep_bf16_rows_whole, last_level_cache_bytes
+def test_which_products_split_their_rows():
+    """bf16 one-token products are one einsum call a thread and split from 1 MiB; the block loops (fp16, int8)
+    from 4 MiB; float32 never (BLAS's own threads)."""
+    from lumi.weights import ONE_CALL_MIN_BYTES, PARALLEL_MIN_BYTES, splits_rows
 
-    def stored():
-        return [to_storage(np.ones((64, 64), np.float32), d) for d in ("bf16", "fp16", "int8")]
+    def stored(dtype, nbytes):
+        itemsize = {"bf16": 2, "fp16": 2, "int8": 1, "fp32": 4}[dtype]
+        return to_storage(np.ones((nbytes // (itemsize * 256), 256), np.float32), dtype)
 
-    held = stored()
-    total = sum(w.nbytes for w in held)
-    keep_bf16_rows_whole(held, total)  # the cache holds them: bf16's cast is one pass, not worth two threads
-    assert [w.split_rows for w in held] == [False, True, True]
-    for cache in (total - 1, None):  # streamed from memory, or a cache of unknown size: split
-        streamed = stored()
-        keep_bf16_rows_whole(streamed, cache)
-        assert all(w.split_rows for w in streamed)
-    cache = last_level_cache_bytes()
-    assert cache is None or cache >= 1 << 16
+    assert ONE_CALL_MIN_BYTES < PARALLEL_MIN_BYTES
+    assert splits_rows(stored("bf16", ONE_CALL_MIN_BYTES)) and not splits_rows(stored("bf16", ONE_CALL_MIN_BYTES // 2))
+    assert not splits_rows(stored("fp16", PARALLEL_MIN_BYTES // 2)) and splits_rows(stored("fp16", PARALLEL_MIN_BYTES))
+    assert splits_rows(stored("int8", PARALLEL_MIN_BYTES))  # 1.125 bytes a weight with the scales
+    assert not splits_rows(stored("int8", PARALLEL_MIN_BYTES // 2)) and not splits_rows(stored("fp32", 64 << 20))
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config, seed=3), dtype="bf16")
-    assert model.layers[0].w13.split_rows == (cache is None)  # 0.5 MB of bf16 weights: any last-level cache holds them
-    assert model.split_products(2) == []  # and each matrix is far below PARALLEL_MIN_BYTES anyway
-    big = to_storage(np.ones((1024, 4096), np.float32), "fp16")  # 8 MB
-    model.layers[1].w2 = big  # swapped in for the provenance only: no product runs
+    assert model.split_products(2) == []  # 0.5 MB of bf16 weights in all
+    model.layers[1].w2 = stored("fp16", PARALLEL_MIN_BYTES)  # swapped in for the provenance only: no product runs
     assert model.split_products(2) == ["w2"] and model.split_products(1) == []
 
 
