@@ -23,9 +23,9 @@ QK = 32  # int8 block length along the input axis (GGUF's Q8_0 uses the same)
 
 
 # Stored matrices smaller than this are not worth handing to worker threads: a block loop hands the GIL back
-# and forth every few microseconds. A bf16 product for one token is one call a thread, so it splits from
-# ONE_CALL_MIN_BYTES (stories110M bf16 decode 0.82x at 2 threads with 1 MiB against 4; 256 KiB took
-# stories15M's 0.9 MB gate/up product to two threads and its decode to 1.4x).
+# and forth every few microseconds. A one-token product of bf16 or int8 rows is a few einsum calls a thread
+# (``matvec_rows``), so it splits from ONE_CALL_MIN_BYTES (stories110M bf16 decode 0.82x at 2 threads with
+# 1 MiB against 4; 256 KiB took stories15M's 0.9 MB gate/up product to two threads and its decode to 1.4x).
 PARALLEL_MIN_BYTES = 4 << 20
 ONE_CALL_MIN_BYTES = 1 << 20
 
@@ -63,7 +63,7 @@ class BlockQ8:
 
     storage = "int8"
     path = "int8-blocks"
-    split_min_bytes = PARALLEL_MIN_BYTES  # one-token products this size and up split their rows over Python threads
+    one_call = True  # a one-token product goes through ``matvec_rows``, not the block loop
 
     def dequantize(self) -> np.ndarray:
         """float32 (out, in): for tests and conversion, not for the hot path."""
@@ -75,6 +75,22 @@ class BlockQ8:
         blocks = out.reshape(r1 - r0, self.scales.shape[1], -1)  # (rows, n_blocks, block)
         np.multiply(blocks, self.scales[r0:r1, :, None], out=blocks)
         return out
+
+    def matvec_rows(self, x: np.ndarray, r0: int, r1: int, out: np.ndarray) -> None:
+        """out (r1 - r0,) = w[r0:r1] @ x for one token x (in,): each block's sum of int8 times x through
+        einsum's buffered cast, then the sums times their scales, BLOCK_BYTES of sums at a time (they stay in
+        L2). On 4096-wide rows that is 2 calls per 1024 rows, where widened blocks took 96 (3 per 32 rows), and
+        far fewer GIL hand-offs: tinyllama-1.1B int8 decode 0.66x at 1 thread, 0.60x at 2."""
+        n_blocks = self.scales.shape[1]
+        xb = x.reshape(n_blocks, -1)
+        step = max(1, BLOCK_BYTES // (4 * n_blocks))
+        partial = _scratch(min(step, r1 - r0) * n_blocks)
+        for b0 in range(r0, r1, step):
+            b1 = min(b0 + step, r1)
+            sums = partial[: (b1 - b0) * n_blocks].reshape(b1 - b0, n_blocks)
+            np.einsum("rbj,bj->rb", self.q[b0:b1].reshape(b1 - b0, n_blocks, -1), xb, out=sums, dtype=np.float32,
+                      casting="unsafe")
+            np.einsum("rb,rb->r", sums, self.scales[b0:b1], out=out[b0 - r0 : b1 - r0])
 
     def rows(self, index) -> np.ndarray:
         """Rows picked by an index array or slice, as float32 (..., in)."""
@@ -147,7 +163,7 @@ class HalfMatrix:
 
     shape = property(lambda self: self.a.shape)
     nbytes = property(lambda self: self.a.nbytes)
-    split_min_bytes = property(lambda self: ONE_CALL_MIN_BYTES if self.storage == "bf16" else PARALLEL_MIN_BYTES)
+    one_call = property(lambda self: self.storage == "bf16")  # a one-token product goes through ``matvec_rows``
 
     def widen_rows(self, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
         """Rows r0:r1 as float32 into out (r1 - r0, in)."""
@@ -159,6 +175,14 @@ class HalfMatrix:
         else:
             np.copyto(out, self.a[r0:r1])
         return out
+
+    def matvec_rows(self, x: np.ndarray, r0: int, r1: int, out: np.ndarray) -> None:
+        """bf16: out (r1 - r0,) = w[r0:r1] @ x for one token x (in,), one einsum call. Its iterator casts 8192
+        elements at a time (ml_dtypes' cast) into a buffer that stays in L1 and multiplies them there, with the
+        GIL released for the whole range. On 11264x2048 at 2 threads the block loop took 1.81x the fp32
+        product's time (its short calls hand the GIL back and forth, each hand-off costing about a call), the
+        einsum 1.26x (1.21x against 1.20x at 1 thread)."""
+        np.einsum("k,rk->r", x, self.a[r0:r1], out=out, dtype=np.float32, casting="unsafe")
 
     def rows(self, index) -> np.ndarray:
         return self.a[index].astype(np.float32)
@@ -180,18 +204,10 @@ def block_rows(tokens: int, cols: int) -> int:
 
 
 def _widened_rows(x: np.ndarray, w, r0: int, r1: int, out: np.ndarray) -> None:
-    """out[:, r0:r1] = x @ w[r0:r1].T, widening a cache-sized block of rows at a time.
-
-    One token's product with bf16 rows is one einsum call instead: its iterator
-    casts 8192 elements at a time (ml_dtypes' cast) into a buffer that stays in
-    L1 and multiplies them there, with the GIL released for the whole range. The
-    block loop's short calls hand the GIL back and forth between two threads
-    every few microseconds, and each hand-off costs about as much as a call: on
-    an 11264x2048 product at 2 threads the loop took 1.81x the fp32 product's
-    time, the einsum 1.26x (1.21x against 1.20x at 1 thread).
-    """
-    if x.shape[0] == 1 and getattr(w, "storage", None) == "bf16":
-        np.einsum("k,nk->n", x[0], w.a[r0:r1], out=out[0, r0:r1], dtype=np.float32, casting="unsafe")
+    """out[:, r0:r1] = x @ w[r0:r1].T, widening a cache-sized block of rows at a time (one token's bf16 or int8
+    rows: ``w.matvec_rows``)."""
+    if x.shape[0] == 1 and w.one_call:
+        w.matvec_rows(x[0], r0, r1, out[0, r0:r1])
         return
     cols = w.shape[1]
     block = min(r1 - r0, block_rows(x.shape[0], cols))
@@ -249,14 +265,16 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 def splits_rows(w) -> bool:
     """Whether a one-token product with the stored matrix w splits its rows over Python threads (where BLAS
     may use more than one)."""
-    return w.nbytes >= getattr(w, "split_min_bytes", float("inf"))
+    if not isinstance(w, (HalfMatrix, BlockQ8)):
+        return False
+    return w.nbytes >= (ONE_CALL_MIN_BYTES if w.one_call else PARALLEL_MIN_BYTES)
 
 
 def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
     """x (T, in) @ w.T for a HalfMatrix or BlockQ8 w (out, in): float32 (T, out).
 
     Rows of w are widened into a cache-sized float32 block, which BLAS then
-    multiplies (one token's bf16 rows: one einsum, see ``_widened_rows``); the
+    multiplies (one token's bf16 or int8 rows: einsum, ``matvec_rows``); the
     full matrix never exists in float32. With BLAS allowed n > 1 threads and a
     big matrix (``splits_rows``), n Python threads each take a share of the rows
     (every widening path releases the GIL) while BLAS is held at one thread: one

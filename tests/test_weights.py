@@ -20,9 +20,13 @@ RNG = np.random.default_rng(0)
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
 @pytest.mark.parametrize("cols", [64, 172, 4096])
-def test_widened_product_equals_the_product_with_the_widened_matrix(dtype, cols):
+@pytest.mark.parametrize("tokens", [1, 3])  # one token's bf16 and int8 rows: einsum (``matvec_rows``)
+def test_widened_product_equals_the_product_with_the_widened_matrix(dtype, cols, tokens, monkeypatch):
+    from lumi import weights
+
+    monkeypatch.setattr(weights, "BLOCK_BYTES", 4096)  # several blocks, and int8's block sums in several rounds
     w = RNG.standard_normal((300, cols)).astype(np.float32)
-    x = RNG.standard_normal((3, cols)).astype(np.float32)
+    x = RNG.standard_normal((tokens, cols)).astype(np.float32)
     stored = to_storage(w, dtype)
     wide = stored.dequantize() if isinstance(stored, BlockQ8) else to_float32(stored.a)
     expected = x @ wide.T
@@ -137,7 +141,7 @@ def test_rows_split_across_threads_give_the_same_product(dtype, monkeypatch):
 
 
 def test_which_products_split_their_rows():
-    """bf16 one-token products are one einsum call a thread and split from 1 MiB; the block loops (fp16, int8)
+    """bf16 and int8 one-token products are a few einsum calls a thread and split from 1 MiB; fp16's block loop
     from 4 MiB; float32 never (BLAS's own threads)."""
     from lumi.weights import ONE_CALL_MIN_BYTES, PARALLEL_MIN_BYTES, splits_rows
 
@@ -148,8 +152,8 @@ def test_which_products_split_their_rows():
     assert ONE_CALL_MIN_BYTES < PARALLEL_MIN_BYTES
     assert splits_rows(stored("bf16", ONE_CALL_MIN_BYTES)) and not splits_rows(stored("bf16", ONE_CALL_MIN_BYTES // 2))
     assert not splits_rows(stored("fp16", PARALLEL_MIN_BYTES // 2)) and splits_rows(stored("fp16", PARALLEL_MIN_BYTES))
-    assert splits_rows(stored("int8", PARALLEL_MIN_BYTES))  # 1.125 bytes a weight with the scales
-    assert not splits_rows(stored("int8", PARALLEL_MIN_BYTES // 2)) and not splits_rows(stored("fp32", 64 << 20))
+    assert splits_rows(stored("int8", ONE_CALL_MIN_BYTES))  # 1.125 bytes a weight with the scales
+    assert not splits_rows(stored("int8", ONE_CALL_MIN_BYTES // 2)) and not splits_rows(stored("fp32", 64 << 20))
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config, seed=3), dtype="bf16")
     assert model.split_products(2) == []  # 0.5 MB of bf16 weights in all
