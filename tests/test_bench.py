@@ -122,6 +122,7 @@ def test_bench_json_has_the_promised_fields(tmp_path, capsys):
     assert doc["schema_version"] == 1 and doc["complete"] is True
     assert doc["env"]["lumi_version"] and doc["env"]["numpy"] and doc["env"]["cpu"]
     assert doc["bandwidth"]["1"]["gemv_bytes_per_s"] > 0 and doc["bandwidth"]["1"]["sgemm_flops_per_s"] > 0
+    assert doc["bandwidth"]["1"]["gemv_matrices"] == 8  # distinct matrices in turn: 1.4 GB, not one a cache can hold
     assert len(doc["results"]) == 2
     r = doc["results"][0]
     for key in ("prefill_tokens", "prefill_s", "prefill_tokens_per_s", "decode_tokens", "decode_s",
