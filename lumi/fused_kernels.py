@@ -10,8 +10,8 @@ kernel or the calling thread alone). Each element is widened in a register by
     int16    fp16 bits: LLVM's half-to-float extension (F16C's vcvtph2ps on x86), exact
     int8     as an integer; ``q8_product`` applies the per-block scales
 
-``layer`` runs a whole transformer block for one token in one call: the same
-kernels, with no Python between them.
+``layer`` runs a whole transformer block for one token: the same kernels, with
+no Python between them; ``layers`` runs a model's consecutive blocks in one call.
 
 Every function lives at module level so numba's on-disk cache (``cache=True``)
 finds it again: closures were compiled afresh in every process (about 1 s each).
@@ -435,3 +435,13 @@ def layer(x, kv, pos, shares, scratch, clock, attention_norm, ffn_norm, wqkv, sq
     matvec(w2, s2, act, x, shares, True)  # x += the feed-forward's output
     _tick(clock, MATMUL, t)
 
+
+@njit(nogil=True, fastmath=True, cache=True)
+def layers(x, kvs, pos, shares, scratch, clock, stack, cos, sin, interleaved, n_heads, eps):
+    """``layer`` for each of ``stack``'s entries in order (a tuple of each layer's weight arguments, attention_norm
+    to s2) with the matching entry of ``kvs`` (the layers' caches): a model's consecutive blocks in one call, so the
+    interpreter is not come back to between them."""
+    for i in range(len(stack)):
+        attention_norm, ffn_norm, wqkv, sqkv, bqkv, wo, so, w13, s13, w2, s2 = stack[i]
+        layer(x, kvs[i], pos, shares, scratch, clock, attention_norm, ffn_norm, wqkv, sqkv, bqkv, wo, so, w13, s13,
+              w2, s2, cos, sin, interleaved, n_heads, eps)

@@ -11,6 +11,7 @@ H / Hkv query / key-value heads, hd = head_dim, g = H // Hkv, V = vocab.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -150,9 +151,9 @@ def swiglu(gu, hidden_dim: int, xp):
 
 
 def fused_ops(model) -> dict:
-    """``--kernels numba``: a one-token step on the host through lumi's numba kernels: each layer one call
-    (``fused.layer``: after a product streams megabytes, each return to the interpreter costs tens of
-    microseconds here), then the final norm and the classifier.
+    """``--kernels numba``: a one-token step on the host through lumi's numba kernels: the host's consecutive
+    layers in one call (``fused.layers``: after a product streams megabytes, each return to the interpreter costs
+    tens of microseconds here), then the final norm and the classifier.
 
     Outputs go to buffers kept from step to step, one per role and shape (each
     output is consumed before its role comes round again in a step), and
@@ -164,7 +165,7 @@ def fused_ops(model) -> dict:
     """
     buffers: dict = {}
     output = model.output
-    prepared: dict = {}  # layer index -> its operands for ``fused.layer``, or None: that layer runs op by op
+    runs: dict = {}  # first layer index -> (the fused layers' operands from it on, their constants), or None
 
     def buffer(role: str, shape: tuple):
         b = buffers.get((role, shape))
@@ -198,16 +199,27 @@ def fused_ops(model) -> dict:
             return x
         return embed(table, tokens)
 
-    def block(x, i: int, start_pos: int, clock=fused.NO_CLOCK) -> bool:
+    def run_from(i: int):
+        """The operands of layer i and the layers after it on the same device that a fused kernel takes, and their
+        constants, as ``fused.layers`` takes them; None when layer i runs op by op."""
+        device = model.layers[i].device
+        stack = fused.layer_run(itertools.takewhile(lambda layer: layer.device is device, model.layers[i:]))
+        if not stack:
+            return None
+        c = model.config
+        return stack, fused.model_constants(*model.rope[device], c.rope_layout, c.n_heads, model.eps)
+
+    def block(x, i: int, start_pos: int, clock=fused.NO_CLOCK) -> int:
         if x.shape[0] != 1:
-            return False
-        if i not in prepared:
-            layer, c = model.layers[i], model.config
-            prepared[i] = fused.layer_operands(layer, *model.rope[layer.device], c.rope_layout, c.n_heads, model.eps)
-        if prepared[i] is None:
-            return False
+            return 0
+        if i not in runs:
+            runs[i] = run_from(i)
+        if runs[i] is None:
+            return 0
+        stack, constants = runs[i]
+        kvs = tuple(model.cache.kv[i : i + len(stack)])
         scratch = buffer("layer", (fused.layer_scratch(model.config, model.max_seq_len),))
-        return fused.layer(x, model.cache.kv[i], start_pos, prepared[i], scratch, clock)
+        return len(stack) if fused.layers(x, kvs, start_pos, stack, constants, scratch, clock) else 0
 
     return dict(matmul=matmul, norm=norm, embed=embed_token, block=block)
 
@@ -223,10 +235,10 @@ def update_cache(cache: KVCache, layer: int, start_pos: int, kv):
     return cache.update(layer, start_pos, kv)
 
 
-def no_block(x, layer: int, start_pos: int) -> bool:
-    """A whole layer in one call, where a fused kernel takes it (``fused_ops``); False here: the model runs the
-    layer's operations one by one."""
-    return False
+def no_block(x, layer: int, start_pos: int) -> int:
+    """How many layers from ``layer`` on ran in one call, where a fused kernel takes them (``fused_ops``); none
+    here: the model runs each layer's operations one by one."""
+    return 0
 
 
 # The operations the forward pass calls, by the kind a profile reports them under.
@@ -546,13 +558,17 @@ class Model:
                 position.at(start_pos)
         here = self.head  # where x lives: activations cross a device boundary once per boundary per step
         x = self.ops.embed(self.tok_embeddings, tokens if tokens_on_device else here.to_device(tokens))  # (T, d)
+        fused_to = 0  # the layers before this one ran in a fused call
         for i, layer in enumerate(self.layers):
+            if i < fused_to:
+                continue
             with self._range("layer", i):
                 dev, xp = layer.device, layer.device.xp
                 ops = self._ops(dev, T)
                 if dev is not here:
                     x, here = cross(x, here, dev), dev
-                if ops.block(x, i, start_pos):  # x += the whole layer, in one fused call
+                fused_to = i + ops.block(x, i, start_pos)  # x += this layer and those after it, in one fused call
+                if fused_to > i:
                     continue
                 h = ops.norm(x, layer.attention_norm, self.eps, xp)
                 qkv = ops.matmul(h, layer.wqkv)  # (T, d + 2 kv_dim)

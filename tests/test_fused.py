@@ -18,7 +18,8 @@ from lumi.errors import UsageError  # noqa: E402
 from lumi.formats.synthetic import synthetic_weights  # noqa: E402
 from lumi.backends import CPU  # noqa: E402
 from lumi.model import Model, fused_ops  # noqa: E402
-from lumi.weights import BLAS, BlockQ8, HalfMatrix, quantize_q8, to_storage, widened_matmul_t  # noqa: E402
+from lumi.weights import (BLAS, BlockQ8, HalfMatrix, quantize_q8, to_float32, to_storage,  # noqa: E402
+                          widened_matmul_t)
 
 RNG = np.random.default_rng(0)
 DTYPES = ["fp32", "bf16", "fp16", "int8"]
@@ -237,10 +238,10 @@ def test_the_small_decode_kernels_equal_numpys_operations():
         np.testing.assert_allclose(out.reshape(1, -1), want, rtol=1e-5, atol=1e-6)
 
 
-def test_a_numba_step_runs_each_layer_in_one_call(monkeypatch):
+def test_a_numba_step_runs_its_layers_in_one_call(monkeypatch):
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config, seed=3), kernels="numba")
-    calls = {name: 0 for name in ("layer", "rmsnorm")}
+    calls = {name: 0 for name in ("layers", "rmsnorm")}
     for name in calls:
         real = getattr(fused, name)
 
@@ -254,7 +255,12 @@ def test_a_numba_step_runs_each_layer_in_one_call(monkeypatch):
     assert calls == dict.fromkeys(calls, 0)  # a prompt: each declines, and NumPy's operations run
     with model.decoding():
         model.decode(5, 3)
-    assert calls == {"layer": config.n_layers, "rmsnorm": 1}  # and the final norm
+    assert calls == {"layers": 1, "rmsnorm": 1}  # and the final norm
+    model.layers[2].w2 = to_storage(to_float32(model.layers[2].w2), "bf16")  # a layer of another kind: a second run
+    vars(model.ops).update(fused_ops(model))  # the runs are worked out afresh
+    with model.decoding():
+        model.decode(6, 4)
+    assert calls == {"layers": 4, "rmsnorm": 2}  # layers 0-1, 2 (bf16's w2), 3-4
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -296,14 +302,14 @@ def test_the_layer_clock_counts_each_kind_of_operation():
     model.prefill(np.array([1, 2, 3], dtype=np.int32))
     clock = np.zeros(2 * len(fused.PHASES), dtype=np.int64)
     x = model.ops.embed(model.tok_embeddings, np.array([4], dtype=np.int32))
-    for i in range(config.n_layers):
-        assert model.ops.block(x, i, 3, clock)
+    assert model.ops.block(x, 0, 3, clock) == config.n_layers  # all of them, in one call
     calls = dict(zip(fused.PHASES, clock[len(fused.PHASES):]))
     n = config.n_layers
     scratch = np.empty(fused.layer_scratch(config, model.max_seq_len) - 1, dtype=np.float32)
-    operands = fused.layer_operands(model.layers[0], *model.rope[CPU], config.rope_layout, config.n_heads, model.eps)
+    stack = fused.layer_run(model.layers)
+    constants = fused.model_constants(*model.rope[CPU], config.rope_layout, config.n_heads, model.eps)
     with pytest.raises(ValueError, match="scratch too small"):  # numba checks no bounds: the kernel does
-        fused.layer(x, model.cache.kv[0], 3, operands, scratch)
+        fused.layers(x, tuple(model.cache.kv), 3, stack, constants, scratch)
     assert calls == {"norm": 2 * n, "matmul": 4 * n, "rope": n, "cache": n, "attention": n, "activation": n}
     assert (clock[: len(fused.PHASES)] > 0).all()
 
