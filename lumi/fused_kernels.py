@@ -20,11 +20,13 @@ finds it again: closures were compiled afresh in every process (about 1 s each).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numba  # noqa: F401  (fused.py reads numba.get_num_threads through this module)
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core.errors import NumbaPerformanceWarning
 from numba.extending import intrinsic, overload
 
 from .fused import PARALLEL_MIN_BYTES, PHASES
@@ -436,7 +438,14 @@ def layer(x, kv, pos, shares, scratch, clock, attention_norm, ffn_norm, wqkv, sq
     _tick(clock, MATMUL, t)
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+# ``layers`` has no parallel loop of its own but is compiled with parallel=True: loaded from numba's on-disk cache,
+# the same function compiled without it segfaulted on its first call (its callees run parallel regions; numba issue
+# 4807). numba then warns that it found nothing to parallelize, which is expected here.
+warnings.filterwarnings("ignore", message=r"(?s).*parallel=True' was specified but no transformation for parallel",
+                        category=NumbaPerformanceWarning)
+
+
+@njit(nogil=True, fastmath=True, parallel=True, cache=True)
 def layers(x, kvs, pos, shares, scratch, clock, stack, cos, sin, interleaved, n_heads, eps):
     """``layer`` for each of ``stack``'s entries in order (a tuple of each layer's weight arguments, attention_norm
     to s2) with the matching entry of ``kvs`` (the layers' caches): a model's consecutive blocks in one call, so the

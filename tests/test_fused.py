@@ -1,6 +1,7 @@
 """The optional fused kernels (``--kernels numba``) against the pure NumPy path, the reference."""
 
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -355,3 +356,27 @@ def test_profile_of_a_numba_step_reports_the_fused_layers_operations():
     assert calls == {"norm": 2 * n + 1, "matmul": 4 * n + 1, "rope": n, "cache": n, "attention": n, "activation": n}
     assert all(op["s_per_token"] >= 0 for op in ops.values()) and ops["matmul"]["s_per_token"] > 0
     assert sum(op["fraction"] for op in ops.values()) == pytest.approx(1.0)
+
+
+def test_a_decode_loaded_from_numbas_cache_runs(tmp_path):
+    """Kernels compiled in one process and loaded from numba's on-disk cache in the next give the same ids. The
+    step's ``fused_kernels.layers``, compiled without parallel=True in a process that had loaded the kernels it
+    calls from the cache, segfaulted on its first call when the next process loaded it."""
+    import subprocess
+    import sys
+
+    script = ("import lumi; from lumi.generate import generate; "
+              "model = lumi.load_model('synthetic:stories260K', kernels='numba'); "
+              "print(list(generate(model, [1], 8, ignore_eos=True)))")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def run():
+        return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+
+    runs = [run()]  # compiles every kernel
+    for cached in tmp_path.rglob("fused_kernels.layers-*"):
+        cached.unlink()
+    runs += [run(), run()]  # compiles ``layers`` over the cached kernels; then loads it
+    assert [r.returncode for r in runs] == [0, 0, 0], runs[-1].stderr[-2000:]
+    assert len({r.stdout for r in runs}) == 1 and len(eval(runs[0].stdout)) == 8
+    assert list(tmp_path.rglob("fused_kernels.layers-*.nbi"))  # the last run had it to load
