@@ -233,3 +233,17 @@ def test_a_prompts_flops_count_products_attention_and_the_last_classifier_row():
     T = 10
     attention = 4 * c.n_heads * c.head_dim * (T * (T + 1) // 2)  # scores and sums over 1 + 2 + ... + T positions
     assert model.prefill_flops(T) == c.n_layers * (2 * T * per_layer + attention) + 2 * c.vocab_size * c.dim
+
+
+def test_a_config_process_reports_its_own_peak_memory_not_its_parents():
+    """Each config runs in a process ``subprocess`` starts by vfork and exec: getrusage's peak there counted the
+    parent's peak too (the bandwidth measurement's 1.4 GB made every config report at least that)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    held = np.ones(300 << 20, dtype=np.uint8)  # 300 MiB resident in this process
+    script = "from lumi.bench.runner import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert 0 < child < 200 << 20 < held.nbytes
