@@ -4,7 +4,8 @@ A reader returns each tensor as it is stored in its file: a float32, float16 or
 bfloat16 (``ml_dtypes.bfloat16``) array, or a ``BlockQ8`` for 8-bit blocks.
 ``to_storage`` turns it into the dtype a run asked for (``--dtype``); the model
 keeps that, and its products widen 16-bit and int8 weights to float32 a block
-of rows at a time, never the whole matrix.
+of rows at a time, never the whole matrix (one token's bf16 and int8 products:
+inside einsum's buffered iterator, ``matvec_rows``).
 """
 
 from __future__ import annotations
@@ -144,11 +145,12 @@ _F16_SCALE = np.float32(2.0**112)  # 2^(127 - 15): rebias a half's exponent to a
 class HalfMatrix:
     """A float16 or bfloat16 matrix (out, in), widened to float32 a block of rows at a time.
 
-    bf16: ml_dtypes' cast. fp16: NumPy's own cast is slow (about 4.5x an fp32
-    product here), so finite tensors take a bit path: sign-extend the half's
-    bits into an int32 shifted left by 13, mask off the extension, and multiply
-    by 2^112 (exact for normals, subnormals and signed zeros). A tensor holding
-    Inf or NaN keeps NumPy's exact cast.
+    bf16: ml_dtypes' cast (one token: inside einsum, ``matvec_rows``). fp16:
+    NumPy's own cast is slow (about 4.5x an fp32 product here), so finite
+    tensors take a bit path: sign-extend the half's bits into an int32 shifted
+    left by 13, mask off the extension, and multiply by 2^112 (exact for
+    normals, subnormals and signed zeros). A tensor holding Inf or NaN keeps
+    NumPy's exact cast.
     """
 
     def __init__(self, a: np.ndarray):
