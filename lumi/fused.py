@@ -8,11 +8,11 @@ matrix-vector product that reads each stored row once, widens each element in
 a register (bf16: shift into a float's high half; fp16: the CPU's own
 half-to-float conversion; int8: times its block's scale),
 accumulates in float32, and takes four rows per pass over the input vector.
-fp32 weights get the same four-row kernel. A layer of a one-token step
-(RMSNorm, the products, RoPE, the cache store, attention, SwiGLU) is one numba
-call (``layer``), where NumPy takes dozens; with its scratch and the other
-outputs passed in (``model.fused_ops`` keeps them from step to step) a decode
-step allocates no array but its logits.
+fp32 weights get the same four-row kernel. The layers of a one-token step
+(each: RMSNorm, the products, RoPE, the cache store, attention, SwiGLU) are one
+numba call (``layers``), where NumPy takes dozens a layer; with its scratch and
+the other outputs passed in (``model.fused_ops`` keeps them from step to step) a
+decode step allocates no array but its logits.
 
 Only single-token products (decode) take this path; a prompt's products are
 matrix-matrix work, where BLAS sgemm on widened blocks is already near the
@@ -197,12 +197,12 @@ def layer_run(layers) -> tuple:
     """The ``layer_operands`` of the leading layers a fused kernel takes whose weights are all of one kind, as
     ``layers`` takes them (a numba tuple indexed at run time holds one type); empty when the first layer runs op
     by op."""
-    stack, kind = [], None
+    typeof = _kernels().numba.typeof
+    stack = []
     for layer in layers:
         operands = layer_operands(layer)
-        if operands is None or kind not in (None, _kernels().numba.typeof(operands)):
+        if operands is None or (stack and typeof(operands) != typeof(stack[0])):
             break
-        kind = _kernels().numba.typeof(operands)
         stack.append(operands)
     return tuple(stack)
 
