@@ -3,7 +3,7 @@
 ``GUARD`` stands in for ``numpy`` as the model's ``xp``. Every array it makes
 is a ``GuardedArray``, whose ufunc and array-function hooks see every
 arithmetic operator, reduction, product and NumPy function applied to it, and
-raise ``Float64Error`` when an input or a result is float64. Creation
+raise ``Float64Error`` when an input or a result is float64 (or complex128). Creation
 functions (``arange``, ``zeros``, ``asarray``...) are checked too, so a RoPE
 table or a mask built in float64 is caught at birth.
 """
@@ -15,6 +15,9 @@ import types
 import numpy as np
 
 from lumi.backends import Device
+
+
+DOUBLE = (np.dtype(np.float64), np.dtype(np.complex128))  # a complex128 is a pair of float64s (RoPE's pairs)
 
 
 class Float64Error(AssertionError):
@@ -49,8 +52,8 @@ def _check(values, where: str) -> None:
     for v in values if isinstance(values, tuple) else (values,):
         if isinstance(v, tuple):
             _check(v, where)
-        elif getattr(v, "dtype", None) == np.float64:
-            raise Float64Error(f"float64 array in {where}")
+        elif getattr(v, "dtype", None) is not None and v.dtype in DOUBLE:  # (dtype == None is float64's test)
+            raise Float64Error(f"{v.dtype} array in {where}")
 
 
 def _guarded(result, where: str):

@@ -9,7 +9,7 @@ import lumi
 from lumi.config import PRESETS
 from lumi.formats.llama2c import write_llama2c
 from lumi.formats.synthetic import synthetic_weights
-from lumi.model import Model
+from lumi.model import Model, apply_rope, rope_tables, swiglu
 
 TOL = 5e-4
 
@@ -97,6 +97,8 @@ def test_the_guard_catches_float64():
         GUARD.arange(4.0)  # a float64 table
     with pytest.raises(Float64Error):
         GUARD.sqrt(GUARD.asarray(np.array([4], dtype=np.int64)))
+    with pytest.raises(Float64Error):
+        x.astype(np.complex64) * np.complex128(1j)  # a complex128 scalar is not weak either
     assert (x * 2.0).dtype == np.float32  # Python scalars are weak: fine
 
 
@@ -119,6 +121,33 @@ def test_rope_layouts_agree_once_q_k_rows_are_permuted():
     assert np.abs(a - b).max() < 1e-4
     c = Model(config.replace(rope_layout="half"), weights).forward(tokens, 0)
     assert np.abs(a - c).max() > 1e-2  # the layout really matters
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "half"])
+def test_rope_rotates_each_pair_by_its_position_angle(layout):
+    """q and k of a prompt at positions 7.., in place inside qkv (the host's complex64 product for interleaved
+    pairs), against the rotation written out in float64; v is left alone."""
+    T, heads, hd = 5, 6, 16
+    qkv = np.random.default_rng(3).standard_normal((T, 3 * heads * hd), dtype=np.float32)
+    x = qkv.copy()
+    apply_rope(x[:, : 2 * heads * hd].reshape(T, 2 * heads, hd), *rope_tables(hd, 64, 10000.0, np), 7, layout)
+    want = qkv[:, : 2 * heads * hd].reshape(T, 2 * heads, hd).astype(np.float64)
+    i = np.arange(hd // 2)
+    a, b = (2 * i, 2 * i + 1) if layout == "interleaved" else (i, i + hd // 2)
+    angle = (7 + np.arange(T))[:, None, None] * 10000.0 ** (-2 * i / hd)  # (T, 1, hd/2)
+    want[..., a], want[..., b] = (want[..., a] * np.cos(angle) - want[..., b] * np.sin(angle),
+                                  want[..., b] * np.cos(angle) + want[..., a] * np.sin(angle))
+    assert x.dtype == np.float32
+    assert np.abs(x[:, : 2 * heads * hd].reshape(T, 2 * heads, hd) - want).max() < 1e-5
+    assert np.array_equal(x[:, 2 * heads * hd :], qkv[:, 2 * heads * hd :])
+
+
+def test_swiglu_is_silu_of_the_gate_times_up():
+    gu = np.random.default_rng(4).normal(0, 6, (3, 2 * 40)).astype(np.float32)  # large gates: no overflow
+    g, u = gu[:, :40].astype(np.float64), gu[:, 40:].astype(np.float64)
+    act = swiglu(gu.copy(), 40, np)
+    assert act.shape == (3, 40) and act.dtype == np.float32
+    assert np.abs(act - g / (1 + np.exp(-g)) * u).max() < 1e-4 * np.abs(g * u).max()
 
 
 def test_attention_bias_is_applied():
