@@ -8,11 +8,11 @@ matrix-vector product that reads each stored row once, widens each element in
 a register (bf16: shift into a float's high half; fp16: the CPU's own
 half-to-float conversion; int8: times its block's scale),
 accumulates in float32, and takes four rows per pass over the input vector.
-fp32 weights get the same four-row kernel. The layers of a one-token step
-(each: RMSNorm, the products, RoPE, the cache store, attention, SwiGLU) are one
-numba call (``layers``), where NumPy takes dozens a layer; with its scratch and
-the other outputs passed in (``model.fused_ops`` keeps them from step to step) a
-decode step allocates no array but its logits.
+fp32 weights get the same four-row kernel. A one-token step (each layer's
+RMSNorm, products, RoPE, cache store, attention and SwiGLU, then the final norm
+and the classifier) is one numba call (``layers``), where NumPy takes dozens a
+layer; with its scratch and the other outputs passed in (``model.fused_ops``
+keeps them from step to step) a decode step allocates no array but its logits.
 
 Only single-token products (decode) take this path; a prompt's products are
 matrix-matrix work, where BLAS sgemm on widened blocks is already near the
@@ -232,17 +232,31 @@ def cycle_counter():
     return counter
 
 
-def layers(x, kvs: tuple, pos: int, stack: tuple, constants: tuple, scratch, clock=NO_CLOCK) -> bool:
+def head_operands(norm, output) -> tuple | None:
+    """The final norm's weights and the classifier's ``operands``, as ``layers`` takes them to end a step with the
+    logits; None when no kernel reads them."""
+    stored = operands(output)
+    if stored is None or not (isinstance(norm, np.ndarray) and norm.dtype == np.float32 and norm.flags.c_contiguous):
+        return None
+    return (norm, *stored)
+
+
+NO_HEAD = (NO_BIAS, NO_SCALES, NO_SCALES)  # ``layers`` without the head: the residual stream is its output
+
+
+def layers(x, kvs: tuple, pos: int, stack: tuple, constants: tuple, scratch, clock=NO_CLOCK, head=NO_HEAD,
+           logits=NO_BIAS) -> bool:
     """Consecutive transformer blocks for one token x (1, d), the residual stream, updated in place, in one call:
     ``stack`` each block's ``layer_operands``, ``kvs`` its cache (2, Hkv, S, hd), written at ``pos``;
     ``constants`` from ``model_constants``. A call costs a few microseconds, but each return to the interpreter
     after products have streamed megabytes costs tens (its code and data come back from memory): one call a
     step instead of one a layer took decode steps at 2 threads to 0.93x (stories15M), 0.97x (stories110M) and
-    0.95x (tinyllama-1.1B bf16). ``stack`` from ``layer_run``.
+    0.95x (tinyllama-1.1B bf16). ``stack`` from ``layer_run``. With ``head`` (``head_operands``) and ``logits``
+    (V,) the same call ends with the final norm and the classifier into ``logits``: the whole step.
     False (nothing run) when x or a cache is not a host float32 array the kernel reads. ``clock`` (2 x
     len(PHASES) int64): each kind's cycles, then its calls, added to (``profile``)."""
     if not (_one_token(x) and x.ndim == 2 and x.flags.c_contiguous and len(kvs) == len(stack) > 0
             and all(isinstance(kv, np.ndarray) and kv.dtype == np.float32 and kv.flags.c_contiguous for kv in kvs)):
         return False
-    _kernels().layers(x[0], kvs, pos, threads(), scratch, clock, stack, *constants)
+    _kernels().layers(x[0], kvs, pos, threads(), scratch, clock, stack, *constants, *head, logits)
     return True

@@ -11,7 +11,8 @@ kernel or the calling thread alone). Each element is widened in a register by
     int8     as an integer; ``q8_product`` applies the per-block scales
 
 ``layer`` runs a whole transformer block for one token: the same kernels, with
-no Python between them; ``layers`` runs a model's consecutive blocks in one call.
+no Python between them; ``layers`` runs a model's consecutive blocks in one call, and
+then its final norm and classifier when given them: a whole decode step.
 
 Every function lives at module level so numba's on-disk cache (``cache=True``)
 finds it again: closures were compiled afresh in every process (about 1 s each).
@@ -446,11 +447,22 @@ warnings.filterwarnings("ignore", message=r"(?s).*parallel=True' was specified b
 
 
 @njit(nogil=True, fastmath=True, parallel=True, cache=True)
-def layers(x, kvs, pos, shares, scratch, clock, stack, cos, sin, interleaved, n_heads, eps):
+def layers(x, kvs, pos, shares, scratch, clock, stack, cos, sin, interleaved, n_heads, eps, norm, w_out, s_out, logits):
     """``layer`` for each of ``stack``'s entries in order (a tuple of each layer's weight arguments, attention_norm
     to s2) with the matching entry of ``kvs`` (the layers' caches): a model's consecutive blocks in one call, so the
-    interpreter is not come back to between them."""
+    interpreter is not come back to between them. Then, unless ``logits`` is empty, the head: logits = w_out @
+    rmsnorm(x, norm) (w_out, s_out as ``matvec`` reads them), so that a whole decode step is one call."""
     for i in range(len(stack)):
         attention_norm, ffn_norm, wqkv, sqkv, bqkv, wo, so, w13, s13, w2, s2 = stack[i]
         layer(x, kvs[i], pos, shares, scratch, clock, attention_norm, ffn_norm, wqkv, sqkv, bqkv, wo, so, w13, s13,
               w2, s2, cos, sin, interleaved, n_heads, eps)
+    if logits.shape[0] == 0:
+        return
+    if w_out.shape[0] != logits.shape[0] or w_out.shape[1] != x.shape[0] or norm.shape[0] != x.shape[0]:
+        raise ValueError("fused layers: the head's shapes disagree with x and logits")
+    t = _cycles() if clock.shape[0] else 0
+    h = scratch[: x.shape[0]]
+    rmsnorm_row(x, norm, eps, h)
+    t = _tick(clock, NORM, t)
+    matvec(w_out, s_out, h, logits, shares, False)
+    _tick(clock, MATMUL, t)

@@ -166,9 +166,10 @@ def swiglu(gu, hidden_dim: int, xp):
 
 
 def fused_ops(model) -> dict:
-    """``--kernels numba``: a one-token step on the host through lumi's numba kernels: the host's consecutive
-    layers in one call (``fused.layers``: after a product streams megabytes, each return to the interpreter costs
-    tens of microseconds here), then the final norm and the classifier.
+    """``--kernels numba``: a one-token step on the host through lumi's numba kernels: its layers, final norm and
+    classifier in one call (``step``; after a product streams megabytes, each return to the interpreter costs
+    tens of microseconds here). A model with layers elsewhere or of mixed kinds runs each run of like host layers
+    in one call (``block``), then the head.
 
     Outputs go to buffers kept from step to step, one per role and shape (each
     output is consumed before its role comes round again in a step), and
@@ -224,7 +225,7 @@ def fused_ops(model) -> dict:
         c = model.config
         return stack, fused.model_constants(*model.rope[device], c.rope_layout, c.n_heads, model.eps)
 
-    def block(x, i: int, start_pos: int, clock=fused.NO_CLOCK) -> int:
+    def block(x, i: int, start_pos: int, clock=fused.NO_CLOCK, head=fused.NO_HEAD, logits=fused.NO_BIAS) -> int:
         if x.shape[0] != 1:
             return 0
         if i not in runs:
@@ -234,9 +235,23 @@ def fused_ops(model) -> dict:
         stack, constants = runs[i]
         kvs = tuple(model.cache.kv[i : i + len(stack)])
         scratch = buffer("layer", (fused.layer_scratch(model.config, model.max_seq_len),))
-        return len(stack) if fused.layers(x, kvs, start_pos, stack, constants, scratch, clock) else 0
+        return len(stack) if fused.layers(x, kvs, start_pos, stack, constants, scratch, clock, head, logits) else 0
 
-    return dict(matmul=matmul, norm=norm, embed=embed_token, block=block)
+    whole = []  # the head's operands when one fused call can run the whole model (its layers and head on the host)
+
+    def step(tokens, start_pos: int, clock=fused.NO_CLOCK):
+        if not whole:
+            on_host = model.head is CPU and all(layer.device is CPU for layer in model.layers)
+            run = run_from(0) if on_host else None
+            fits = run is not None and len(run[0]) == len(model.layers)
+            whole.append(fits and fused.head_operands(model.norm, output))
+        if not whole[0] or len(tokens) != 1 or not isinstance(tokens, np.ndarray):
+            return None
+        x = model.ops.embed(model.tok_embeddings, tokens)  # looked up on ops: a profile times it
+        logits = np.empty(output.shape[0], dtype=F32)  # a new array: a caller may keep it
+        return logits if block(x, 0, start_pos, clock, whole[0], logits) else None
+
+    return dict(matmul=matmul, norm=norm, embed=embed_token, block=block, step=step)
 
 
 def embed(table, tokens):
@@ -256,11 +271,16 @@ def no_block(x, layer: int, start_pos: int) -> int:
     return 0
 
 
+def no_step(tokens, start_pos: int):
+    """The logits (V,) of one token run through the whole model in one call, where a fused kernel takes it
+    (``fused_ops``: its layers, final norm and classifier); None here: the model runs it layer by layer."""
+
+
 # The operations the forward pass calls, by the kind a profile reports them under.
 # A model looks them up in its own ``ops``, so a profiler can time one model's
 # operations without touching anything global (and costs nothing when off).
 OPS = dict(embed=embed, norm=rmsnorm, matmul=linear, rope=apply_rope, cache=update_cache, attention=attention,
-           activation=swiglu, block=no_block)
+           activation=swiglu, block=no_block, step=no_step)
 
 
 # ----------------------------------------------------------------------------
@@ -478,7 +498,7 @@ class Model:
 
     def forward(self, tokens, start_pos: int):
         """Logits (T, V) float32 for every position of tokens (T,) placed at start_pos.."""
-        x = self._hidden(tokens, start_pos)
+        x = self._hidden(self._enter(tokens, start_pos), start_pos)
         return self.head.to_host(self._ops(self.head, len(x)).matmul(x, self.output))
 
     def prefill(self, tokens, start_pos: int = 0):
@@ -538,6 +558,14 @@ class Model:
 
     # -- the transformer -----------------------------------------------------
 
+    def _enter(self, tokens, start_pos: int, tokens_on_device: bool = False):
+        """A forward pass begins: tokens as an array, checked (tokens on the head's device: checked already)."""
+        self.passes += 1  # a CUDA graph's step launched ahead is stale after any other forward pass
+        if not tokens_on_device:
+            tokens = np.asarray(tokens)
+            self._check(tokens, start_pos)
+        return tokens
+
     def _check(self, tokens, start_pos: int):
         T = len(tokens)
         if T == 0:
@@ -546,7 +574,7 @@ class Model:
             raise LumiError(
                 f"positions {start_pos}..{start_pos + T - 1} exceed the context of {self.max_seq_len} tokens"
             )
-        lo, hi = int(tokens.min()), int(tokens.max())
+        lo, hi = (int(tokens[0]),) * 2 if T == 1 else (int(tokens.min()), int(tokens.max()))
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
             raise LumiError(f"token id {bad} is out of range for a vocabulary of {self.config.vocab_size}")
@@ -557,15 +585,16 @@ class Model:
     def _last_logits(self, tokens, start_pos: int, tokens_on_device: bool = False):
         """Logits (V,) of the last of tokens, on the head's device: the classifier runs on that position only."""
         with self._range("step at" if len(tokens) == 1 else "prompt at", start_pos):
-            x = self._hidden(tokens, start_pos, tokens_on_device)
-            return self._ops(self.head, 1).matmul(x[-1:], self.output)[0]
+            tokens = self._enter(tokens, start_pos, tokens_on_device)
+            logits = self.ops.step(tokens, start_pos) if len(tokens) == 1 else None  # one fused call
+            if logits is None:
+                x = self._hidden(tokens, start_pos, tokens_on_device)
+                logits = self._ops(self.head, 1).matmul(x[-1:], self.output)[0]
+            return logits
 
     def _hidden(self, tokens, start_pos: int, tokens_on_device: bool = False):
-        """Final-normed hidden states (T, d) for tokens at start_pos.. (tokens on the head's device: checked already)."""
-        self.passes += 1  # a CUDA graph's step launched ahead is stale after any other forward pass
-        if not tokens_on_device:
-            tokens = np.asarray(tokens)
-            self._check(tokens, start_pos)
+        """Final-normed hidden states (T, d) for tokens (``_enter``'s) at start_pos.. (on the head's device when
+        ``tokens_on_device``)."""
         c = self.config
         T, H, Hkv, hd = len(tokens), c.n_heads, c.n_kv_heads, c.head_dim
         if T == 1:

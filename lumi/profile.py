@@ -3,9 +3,9 @@
 ``profile_decode`` times each operation of one model through its ``ops``
 table (the model's own, so nothing global changes and an unprofiled model
 pays nothing), plus sampling, over real decode steps. "python" is what is
-left of each step: interpreter time between the operations. A layer run in
-one fused call (``fused.layer``, ``--kernels numba``) times its operations
-itself, in CPU cycles, converted at the cycle counter's rate measured over the
+left of each step: interpreter time between the operations. Layers run in
+one fused call (``fused.layers``, ``--kernels numba``) time their operations
+themselves, in CPU cycles, converted at the cycle counter's rate measured over the
 same steps; what such a call spends outside them (its dispatch) is "python".
 """
 
@@ -20,7 +20,8 @@ from . import fused
 from .model import OPS, Model
 from .sampler import SamplingParams, sample
 
-KINDS = (*(kind for kind in OPS if kind != "block"), "sampling", "python")  # a fused block: as its operations
+FUSED = ("block", "step")  # fused calls, which time their operations themselves (``fused.layers``'s clock)
+KINDS = (*(kind for kind in OPS if kind not in FUSED), "sampling", "python")
 
 
 class _Timed:
@@ -43,11 +44,12 @@ class _Timed:
 
         return timed
 
-    def _wrap_block(self, func):
+    def _clocked(self, func):
+        """A fused call (``block``, ``step``) with the clock its kernel adds each operation's cycles to."""
         clock = self.clock
 
-        def clocked(x, layer, start_pos):
-            return func(x, layer, start_pos, clock)
+        def clocked(*args):
+            return func(*args, clock)
 
         return clocked
 
@@ -55,10 +57,10 @@ class _Timed:
         self.saved = vars(self.model.ops).copy()
         self.clock = np.zeros(2 * len(fused.PHASES), dtype=np.int64)  # cycles, then calls, per kind
         for kind, func in self.saved.items():
-            if kind != "block":
+            if kind not in FUSED:
                 setattr(self.model.ops, kind, self._wrap(kind, func))
             elif self.model.kernels == "numba":
-                self.model.ops.block = self._wrap_block(func)
+                setattr(self.model.ops, kind, self._clocked(func))
         return self
 
     def __exit__(self, *exc):

@@ -239,10 +239,12 @@ def test_the_small_decode_kernels_equal_numpys_operations():
         np.testing.assert_allclose(out.reshape(1, -1), want, rtol=1e-5, atol=1e-6)
 
 
-def test_a_numba_step_runs_its_layers_in_one_call(monkeypatch):
+def test_a_numba_step_is_one_call(monkeypatch):
+    """A decode step with every layer on the host runs its layers, final norm and classifier in one call; a model
+    whose layers differ in kind runs a call per run of like layers, then the head's norm and product."""
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config, seed=3), kernels="numba")
-    calls = {name: 0 for name in ("layers", "rmsnorm")}
+    calls = {name: 0 for name in ("layers", "rmsnorm", "gemv")}
     for name in calls:
         real = getattr(fused, name)
 
@@ -253,27 +255,30 @@ def test_a_numba_step_runs_its_layers_in_one_call(monkeypatch):
 
         monkeypatch.setattr(fused, name, counted)
     model.prefill(np.array([1, 2, 3], dtype=np.int32))
-    assert calls == dict.fromkeys(calls, 0)  # a prompt: each declines, and NumPy's operations run
-    with model.decoding():
-        model.decode(5, 3)
-    assert calls == {"layers": 1, "rmsnorm": 1}  # and the final norm
+    assert calls == {"layers": 0, "rmsnorm": 0, "gemv": 1}  # a prompt runs NumPy's operations; its last position's
+    with model.decoding():                                   # logits are one token's product
+        whole = model.decode(5, 3)
+    assert calls == {"layers": 1, "rmsnorm": 0, "gemv": 1}
+    reference = Model(config, synthetic_weights(config, seed=3))
+    reference.prefill(np.array([1, 2, 3], dtype=np.int32))
+    np.testing.assert_allclose(whole, reference.decode(5, 3), rtol=0, atol=1e-5 * np.abs(whole).max())
     model.layers[2].w2 = to_storage(to_float32(model.layers[2].w2), "bf16")  # a layer of another kind: a second run
     vars(model.ops).update(fused_ops(model))  # the runs are worked out afresh
     with model.decoding():
         model.decode(6, 4)
-    assert calls == {"layers": 4, "rmsnorm": 2}  # layers 0-1, 2 (bf16's w2), 3-4
+    assert calls == {"layers": 4, "rmsnorm": 1, "gemv": 2}  # layers 0-1, 2 (bf16's w2), 3-4; then the head
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ["grouped, interleaved", "bias, half", "threads"])
 def test_one_call_a_layer_equals_the_step_op_by_op(monkeypatch, dtype, shape):
-    """``fused.layer`` against the same model with ``block`` declined (the same product kernels, NumPy's
-    operations between them), for every storage dtype, grouped kv heads, a q/k/v bias, both RoPE layouts, and
+    """``fused.layers`` (the whole step) against the same model with ``block`` and ``step`` declined (the same
+    product kernels, NumPy's operations between them), for every storage dtype, grouped kv heads, a q/k/v bias, both RoPE layouts, and
     the products and attention split over two threads: float32 rounding only, and the cache written at the same
     places."""
     import numba
 
-    from lumi.model import no_block
+    from lumi.model import no_block, no_step
 
     base = PRESETS["stories260K"].replace(max_seq_len=300)  # 8 heads over 4 kv heads, interleaved RoPE
     config = {"grouped, interleaved": base,
@@ -281,7 +286,7 @@ def test_one_call_a_layer_equals_the_step_op_by_op(monkeypatch, dtype, shape):
               "threads": base.replace(dim=512, hidden_dim=1024, n_heads=8, n_kv_heads=8)}[shape]
     weights = synthetic_weights(config, seed=5)
     fast, slow = (Model(config, weights, dtype=dtype, kernels="numba") for _ in range(2))
-    slow.ops.block = no_block
+    slow.ops.block, slow.ops.step = no_block, no_step
     threads = 2 if shape == "threads" else 1
     monkeypatch.setattr(fused, "_shares", min(threads, numba.config.NUMBA_NUM_THREADS))
     prompt = np.arange(1, 261, dtype=np.int32) % config.vocab_size  # attention split: 2 H L hd 4 >= 128 KiB
