@@ -237,19 +237,20 @@ def fused_ops(model) -> dict:
         scratch = buffer("layer", (fused.layer_scratch(model.config, model.max_seq_len),))
         return len(stack) if fused.layers(x, kvs, start_pos, stack, constants, scratch, clock, head, logits) else 0
 
-    whole = []  # the head's operands when one fused call can run the whole model (its layers and head on the host)
+    head = None  # on the first step: the head's operands if one call runs the whole model, else False
 
     def step(tokens, start_pos: int, clock=fused.NO_CLOCK):
-        if not whole:
-            on_host = model.head is CPU and all(layer.device is CPU for layer in model.layers)
-            run = run_from(0) if on_host else None
-            fits = run is not None and len(run[0]) == len(model.layers)
-            whole.append(fits and fused.head_operands(model.norm, output))
-        if not whole[0] or len(tokens) != 1 or not isinstance(tokens, np.ndarray):
+        nonlocal head
+        if head is None:
+            runs[0] = runs.get(0) or run_from(0)
+            whole = (model.head is CPU and all(layer.device is CPU for layer in model.layers)
+                     and runs[0] is not None and len(runs[0][0]) == len(model.layers))
+            head = whole and fused.head_operands(model.norm, output) or False
+        if not head or len(tokens) != 1 or not isinstance(tokens, np.ndarray):
             return None
         x = model.ops.embed(model.tok_embeddings, tokens)  # looked up on ops: a profile times it
         logits = np.empty(output.shape[0], dtype=F32)  # a new array: a caller may keep it
-        return logits if block(x, 0, start_pos, clock, whole[0], logits) else None
+        return logits if block(x, 0, start_pos, clock, head, logits) else None
 
     return dict(matmul=matmul, norm=norm, embed=embed_token, block=block, step=step)
 
