@@ -34,6 +34,7 @@ from .fused import PARALLEL_MIN_BYTES, PHASES
 from .weights import QK  # the int8 block length: a compile-time constant here, so LLVM unrolls the block loop
 
 Q8_PREFETCH = 512  # bytes ahead of the int8 kernel's rows (256 and 1024-2048 measured slower)
+ATTEND_AHEAD = 8  # cache rows (positions) ahead of attention's loops
 
 
 @intrinsic
@@ -300,20 +301,35 @@ def swiglu_row(gu, hidden, out):
         out[i] = g * sigmoid * gu[hidden + i]
 
 
+@njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _prefetch_rows(base, first, count, row_bytes):
+    """Prefetch ``count`` rows of ``row_bytes`` from row ``first`` of the array at address ``base``, a cache line at
+    a time (hints only: rows past the end are harmless)."""
+    for r in range(first, first + count):
+        for offset in range(0, row_bytes, 64):
+            _prefetch(base + r * row_bytes + offset)
+
+
 @njit(nogil=True, fastmath=True, cache=True)
 def attend_heads(q, k, v, L, scale, out, p, h0, h1):
     """Attention of one query token for heads h0..h1-1: q (H, hd) against positions 0..L-1 of k, v (Hkv, S, hd),
     head h reading kv head h // (H / Hkv); out (H, hd); p a scratch of at least L floats for one head's scores.
 
     Scores go four positions at a time: four independent sums across the head's features hide the latency of
-    each one's final horizontal add (one at a time ran at a third of the speed).
+    each one's final horizontal add (one at a time ran at a third of the speed). A decode step streams the
+    weights between a layer's visits to its cache, so the cache comes from memory: the loops prefetch the rows
+    ATTEND_AHEAD positions ahead of them, and the values' first rows while the scores run.
     """
     hd = q.shape[1]
     g = q.shape[0] // k.shape[0]
+    row = hd * 4
     for h in range(h0, h1):
         kh, vh, qh = k[h // g], v[h // g], q[h]
+        kb, vb = kh.ctypes.data, vh.ctypes.data
+        _prefetch_rows(vb, 0, min(L, ATTEND_AHEAD), row)
         t = 0
         while t + 4 <= L:
+            _prefetch_rows(kb, t + ATTEND_AHEAD, 4, row)
             s0 = s1 = s2 = s3 = np.float32(0)
             for j in range(hd):
                 qj = qh[j]
@@ -340,6 +356,7 @@ def attend_heads(q, k, v, L, scale, out, p, h0, h1):
         for j in range(hd):
             o[j] = np.float32(0)
         for t in range(L):
+            _prefetch_rows(vb, t + ATTEND_AHEAD, 1, row)
             pt = p[t]
             for j in range(hd):
                 o[j] += pt * vh[t, j]
