@@ -56,10 +56,11 @@ def check_kernels(kernels: str) -> None:
 def kind(w) -> str | None:
     """Which kernel reads this weight ("fp32", "bf16", "fp16", "int8"), or None: it stays on NumPy's path.
 
-    int8 needs blocks of QK (not one block per row).
+    int8 needs blocks of QK (not one block per row), C-contiguous.
     """
-    if isinstance(w, BlockQ8):
-        return "int8" if w.q.shape[1] == QK * w.scales.shape[1] else None
+    if isinstance(w, BlockQ8):  # the kernel reads rows by address: each row's blocks contiguous
+        contiguous = w.q.flags.c_contiguous and w.scales.flags.c_contiguous
+        return "int8" if contiguous and w.q.shape[1] == QK * w.scales.shape[1] else None
     if isinstance(w, HalfMatrix):
         return w.storage
     if isinstance(w, np.ndarray) and w.dtype == np.float32 and w.ndim == 2 and w.flags.c_contiguous:
