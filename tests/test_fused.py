@@ -94,6 +94,9 @@ def test_weights_without_a_kernel_stay_on_the_numpy_path():
     assert fused.gemv(x, per_row) is None
     ops = fused_ops(SimpleNamespace(output=None))
     np.testing.assert_array_equal(ops["matmul"](x, per_row), widened_matmul_t(x, per_row))
+    wide = quantize_q8(RNG.standard_normal((4, 128)).astype(np.float32))
+    left = BlockQ8(wide.q[:, :64], wide.scales[:, :2])  # rows 128 bytes apart: the kernel reads rows by address
+    assert fused.kind(left) is None and fused.gemv(np.ones((1, 64), dtype=np.float32), left) is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
