@@ -67,7 +67,7 @@ def _prefetch(typingctx, address):
     return types.void(types.intp), codegen
 
 
-_F32, _I8, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_F32, _I8, _I32 = ir.FloatType(), ir.IntType(8), ir.IntType(32)
 _LANES = 16  # float32 lanes of the int8 kernel's vectors (one AVX-512 register; LLVM splits them where narrower)
 assert QK == 2 * _LANES, "the int8 kernel reads a block as two vectors"
 
@@ -95,33 +95,34 @@ def _q8_dot4(typingctx, q_address, q_stride, scales_address, scales_stride, x_ad
 
     Written in LLVM's vector IR because numba's loops cannot say it: each row keeps a vector of partial sums,
     adds each block's products times that block's scale (a broadcast), and sums across its lanes once, at the
-    end. Written as loops, every block ended in a sum across the vector before its scale could apply, which
-    took a third of the instructions. Each block prefetches its rows Q8_PREFETCH bytes ahead (the sums leave
-    the core too few loads in flight to stream from memory on its own).
+    end. Written as loops, every block of QK ended in a sum across the vector before its scale could apply
+    (``q8_rows`` gives the speed-up). Each block prefetches its rows Q8_PREFETCH bytes ahead: the sums leave
+    the core too few loads in flight to stream from memory on its own.
     """
     sig = types.UniTuple(types.float32, 4)(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
         q, q_stride, scales, scales_stride, x, n_blocks = args
+        index = q.type  # intp
         vf, vq = ir.VectorType(_F32, _LANES), ir.VectorType(_I8, _LANES)
         sums = [cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * _LANES)) for _ in range(4)]
         fnty = ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
         prefetch = builder.module.declare_intrinsic("llvm.prefetch", [_I8.as_pointer()], fnty)
-        rows = [builder.mul(q_stride, ir.Constant(_I64, i)) for i in range(4)]
-        scale_rows = [builder.mul(scales_stride, ir.Constant(_I64, i)) for i in range(4)]
+        rows = [builder.mul(q_stride, ir.Constant(index, i)) for i in range(4)]
+        scale_rows = [builder.mul(scales_stride, ir.Constant(index, i)) for i in range(4)]
         broadcast = ir.Constant(ir.VectorType(_I32, _LANES), [0] * _LANES)
         with cgutils.for_range(builder, n_blocks) as loop:
             b = loop.index
-            xb = builder.add(x, builder.mul(b, ir.Constant(_I64, 4 * QK)))
-            x0, x1 = _vector_at(builder, xb, vf), _vector_at(builder, builder.add(xb, ir.Constant(_I64, 4 * _LANES)), vf)
-            qb = builder.add(q, builder.mul(b, ir.Constant(_I64, QK)))
-            sb = builder.add(scales, builder.mul(b, ir.Constant(_I64, 4)))
+            xb = builder.add(x, builder.mul(b, ir.Constant(index, 4 * QK)))
+            x0, x1 = _vector_at(builder, xb, vf), _vector_at(builder, builder.add(xb, ir.Constant(index, 4 * _LANES)), vf)
+            qb = builder.add(q, builder.mul(b, ir.Constant(index, QK)))
+            sb = builder.add(scales, builder.mul(b, ir.Constant(index, 4)))
             for i in range(4):
                 row = builder.add(qb, rows[i])
-                ahead = builder.inttoptr(builder.add(row, ir.Constant(_I64, Q8_PREFETCH)), _I8.as_pointer())
+                ahead = builder.inttoptr(builder.add(row, ir.Constant(index, Q8_PREFETCH)), _I8.as_pointer())
                 builder.call(prefetch, [ahead, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
                 w0 = builder.sitofp(_vector_at(builder, row, vq), vf)
-                w1 = builder.sitofp(_vector_at(builder, builder.add(row, ir.Constant(_I64, _LANES)), vq), vf)
+                w1 = builder.sitofp(_vector_at(builder, builder.add(row, ir.Constant(index, _LANES)), vq), vf)
                 block = builder.fadd(builder.fmul(w0, x0, flags=("fast",)), builder.fmul(w1, x1, flags=("fast",)),
                                      flags=("fast",))
                 scale = builder.load(builder.inttoptr(builder.add(sb, scale_rows[i]), _F32.as_pointer()), align=4)
