@@ -16,7 +16,6 @@ import numpy as np
 
 from lumi.backends import Device
 
-
 DOUBLE = (np.dtype(np.float64), np.dtype(np.complex128))  # a complex128 is a pair of float64s (RoPE's pairs)
 
 
