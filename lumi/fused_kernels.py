@@ -56,18 +56,22 @@ def _prefetch(typingctx, address):
     """
 
     def codegen(context, builder, signature, args):
-        byte_ptr = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
-        fn = builder.module.declare_intrinsic("llvm.prefetch", [byte_ptr], fnty)
-        # read (0), keep in all levels (3), data cache (1)
-        builder.call(fn, [builder.inttoptr(args[0], byte_ptr), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        _emit_prefetch(builder, args[0])
         return context.get_dummy_value()
 
     return types.void(types.intp), codegen
 
 
 _F32, _I8, _I32 = ir.FloatType(), ir.IntType(8), ir.IntType(32)
+
+
+def _emit_prefetch(builder, address):
+    """LLVM's prefetch of the cache line at the integer ``address``: read (0), keep in all levels (3), data (1)."""
+    byte_ptr = _I8.as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, _I32, _I32, _I32])
+    fn = builder.module.declare_intrinsic("llvm.prefetch", [byte_ptr], fnty)
+    builder.call(fn, [builder.inttoptr(address, byte_ptr), ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                      ir.Constant(_I32, 1)])
 _LANES = 16  # float32 lanes of the int8 kernel's vectors (one AVX-512 register; LLVM splits them where narrower)
 assert QK == 2 * _LANES, "the int8 kernel reads a block as two vectors"
 
@@ -106,8 +110,6 @@ def _q8_dot4(typingctx, q_address, q_stride, scales_address, scales_stride, x_ad
         index = q.type  # intp
         vf, vq = ir.VectorType(_F32, _LANES), ir.VectorType(_I8, _LANES)
         sums = [cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * _LANES)) for _ in range(4)]
-        fnty = ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
-        prefetch = builder.module.declare_intrinsic("llvm.prefetch", [_I8.as_pointer()], fnty)
         rows = [builder.mul(q_stride, ir.Constant(index, i)) for i in range(4)]
         scale_rows = [builder.mul(scales_stride, ir.Constant(index, i)) for i in range(4)]
         broadcast = ir.Constant(ir.VectorType(_I32, _LANES), [0] * _LANES)
@@ -119,8 +121,7 @@ def _q8_dot4(typingctx, q_address, q_stride, scales_address, scales_stride, x_ad
             sb = builder.add(scales, builder.mul(b, ir.Constant(index, 4)))
             for i in range(4):
                 row = builder.add(qb, rows[i])
-                ahead = builder.inttoptr(builder.add(row, ir.Constant(index, Q8_PREFETCH)), _I8.as_pointer())
-                builder.call(prefetch, [ahead, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                _emit_prefetch(builder, builder.add(row, ir.Constant(index, Q8_PREFETCH)))
                 w0 = builder.sitofp(_vector_at(builder, row, vq), vf)
                 w1 = builder.sitofp(_vector_at(builder, builder.add(row, ir.Constant(index, _LANES)), vq), vf)
                 block = builder.fadd(builder.fmul(w0, x0, flags=("fast",)), builder.fmul(w1, x1, flags=("fast",)),
@@ -232,10 +233,10 @@ def q8_rows(q, scales, x, out, r0, r1, add):
     n_blocks = scales.shape[1]
     q_base, q_stride = q.ctypes.data, q.strides[0]
     s_base, s_stride = scales.ctypes.data, scales.strides[0]
+    x_base = x.ctypes.data
     r = r0
     while r + 4 <= r1:
-        a0, a1, a2, a3 = _q8_dot4(q_base + r * q_stride, q_stride, s_base + r * s_stride, s_stride, x.ctypes.data,
-                                  n_blocks)
+        a0, a1, a2, a3 = _q8_dot4(q_base + r * q_stride, q_stride, s_base + r * s_stride, s_stride, x_base, n_blocks)
         if add:
             a0, a1, a2, a3 = a0 + out[r], a1 + out[r + 1], a2 + out[r + 2], a3 + out[r + 3]
         out[r], out[r + 1], out[r + 2], out[r + 3] = a0, a1, a2, a3
