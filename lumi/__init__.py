@@ -12,18 +12,18 @@ __version__ = "0.1.0"
 
 import os
 
-from .backends import get_device
+from .backends import ALL_LAYERS, get_device
 from .config import PRESETS, ModelConfig
 from .errors import CheckpointError, LumiError, UsageError
 from .formats import load_checkpoint
-from .fused import check_kernels
+from .backends.numba import check_kernels
 from .generate import Generation, generate
 from .model import Model
 from .sampler import SamplingParams
 
 
 def load_model(spec: str | os.PathLike, *, max_seq_len: int | None = None, dtype: str = "fp32",
-               backend: str = "numpy", gpu_layers: int = -1, kernels: str = "numpy") -> Model:
+               backend: str = "numpy", gpu_layers: int = ALL_LAYERS, kernels: str = "numpy") -> Model:
     """A ready model from a checkpoint path or ``synthetic:PRESET[?seed=N]``.
 
     ``max_seq_len`` caps the context (and so the KV cache) below the model's own;
@@ -31,7 +31,7 @@ def load_model(spec: str | os.PathLike, *, max_seq_len: int | None = None, dtype
     block by block in the products) or "int8" (blocks of 32 with float32 scales).
     ``backend="cupy"`` puts ``gpu_layers`` transformer layers on the GPU (-1: all of
     them plus the embedding, final norm and classifier; 0: none). ``kernels="numba"``
-    runs decode's products through lumi's fused kernels (``lumi.fused``; needs numba).
+    runs decode's steps through lumi's fused kernels (``lumi.backends.numba``; needs numba).
     """
     device = get_device(backend)  # before loading: a missing CuPy or GPU is a one-line error at once
     check_kernels(kernels)

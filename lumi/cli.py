@@ -16,8 +16,8 @@ import sys
 from . import __version__
 from .chat import TEMPLATES
 from .errors import LumiError, UsageError
-from .fused import KERNELS
-from .weights import STORAGE_DTYPES
+from .backends.numba import KERNELS
+from .storage import STORAGE_DTYPES
 
 EXIT_INVALID = 1  # lumi bench: a result whose greedy ids miss its reference
 EXIT_USAGE = 2
@@ -114,7 +114,7 @@ def _prompt_ids(args, tokenizer) -> list[int]:
 
 
 def _run_generate(args) -> int:
-    from .bench.runner import thread_limit
+    from .backends.cpu import thread_limit
 
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads", f"must be >= 1, got {args.threads}")

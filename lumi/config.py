@@ -11,6 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 
 ROPE_LAYOUTS = ("interleaved", "half")
+# Canonical weights whose rows the model stacks into one product (q, k, v; gate, up), in that order. A reader
+# that already holds them adjacent in one buffer saves the copy.
+STACKED_ROWS = (("attention.wq", "attention.wk", "attention.wv"), ("feed_forward.w1", "feed_forward.w3"))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 from .config import PRESETS
 from .formats import load_checkpoint
 from .formats.synthetic import is_synthetic, parse_spec
-from .weights import QK, STORAGE_DTYPES, BlockQ8
+from .storage import QK, STORAGE_DTYPES, BlockQ8
 
 WIDENING = {
     "fp32": "none (float32 products)",
@@ -74,7 +74,7 @@ def describe(spec: str, dtype: str = "fp32", max_seq_len: int | None = None) -> 
 
 def _fused(shapes: dict, dtype: str) -> str:
     """What ``--kernels numba`` would do with these weights here."""
-    from .fused import missing
+    from .backends.numba import missing
 
     if missing():
         return f"unavailable: {missing()}"

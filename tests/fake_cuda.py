@@ -18,7 +18,8 @@ import ml_dtypes
 import numpy as np
 from fake_device import COPIES, FAKE, DeviceArray
 
-from lumi.cuda import SOURCE, Kernels, Staging
+from lumi.backends.cuda.kernels import Kernels, source
+from lumi.backends.cuda.staging import Staging
 
 LAUNCHES: list = []  # (kernel name, grid, block) of every launch
 
@@ -98,7 +99,7 @@ EMULATIONS = {"rmsnorm": _rmsnorm, "rope": _rope, "store_kv": _store_kv, "advanc
 
 class _Function:
     def __init__(self, name):
-        assert f" {name}(" in SOURCE or f"({name}," in SOURCE, f"no kernel {name} in cuda.SOURCE"
+        assert f" {name}(" in source() or f"({name}," in source(), f"no kernel {name} in kernels.cu"
         self.name = name
 
     def __call__(self, grid, block, args, shared_mem=0):
@@ -108,7 +109,7 @@ class _Function:
 
 class _RawModule:
     def __init__(self, code, options=()):
-        assert code == SOURCE
+        assert code == source()
 
     def get_function(self, name):
         return _Function(name)

@@ -1,6 +1,6 @@
 """cuda.Kernels' host side on the CPU: launch plans, arguments, fallbacks and positions, against NumPy emulations.
 
-The CUDA C itself needs a GPU (``python -m lumi.gpucheck`` checks every kernel
+The CUDA C itself needs a GPU (``python -m lumi.bench.gpucheck`` checks every kernel
 there); this checks everything around it that does not.
 """
 
@@ -14,12 +14,13 @@ from fake_cuda import CUBLAS, CUDA, CUDA_FAKE, LAUNCHES, XP
 from fake_device import COPIES, DeviceArray
 
 from lumi.config import PRESETS
-from lumi.cuda import WARPS, Kernels, rows_per_warp
+from lumi.backends.cuda.kernels import WARPS, Kernels, rows_per_warp
 from lumi.formats import load_checkpoint
 from lumi.formats.synthetic import synthetic_weights
 from lumi.generate import generate
-from lumi.model import OPS, Model
-from lumi.weights import convert_on_device
+from lumi.model import Model
+from lumi.model.ops import OPS
+from lumi.backends.cuda.storage import convert_on_device
 
 
 def put(a):
@@ -154,9 +155,9 @@ def test_a_model_on_the_emulated_gpu_decodes_as_the_cpu_in_ten_launches_a_layer(
 @pytest.mark.parametrize("S, grid", [(64, (2, 1)), (1000, (2, 16)), (20000, (2, 64))])
 def test_attention_splits_a_long_cache_over_blocks(S, grid):
     """ceil(S / 64) chunks a head, at most 64 (then longer chunks); the counters stay zero between launches."""
-    from lumi.cuda import MAX_ATTEND_SPLITS, SOURCE
+    from lumi.backends.cuda.kernels import MAX_ATTEND_SPLITS, source
 
-    assert f"#define ATTEND_MAX_SPLITS {MAX_ATTEND_SPLITS} " in SOURCE  # the kernel's room for the chunks' weights
+    assert f"#define ATTEND_MAX_SPLITS {MAX_ATTEND_SPLITS} " in source()  # the kernel's room for the chunks' weights
     k = Kernels(XP)
     rng = np.random.default_rng(5)
     q, cache = put(rng.standard_normal((1, 2, 8))), put(rng.standard_normal((2, 1, S, 8)))
@@ -218,7 +219,7 @@ def test_the_step_graph_runs_its_first_step_eagerly_and_falls_back_when_capture_
 def test_staging_reuses_its_page_locked_buffers_and_grows_them_for_a_prompt():
     from fake_cuda import PINNED
 
-    from lumi.cuda import Staging
+    from lumi.backends.cuda.staging import Staging
 
     staging, rng = Staging(XP), np.random.default_rng(3)
     PINNED.clear()
@@ -252,7 +253,7 @@ def test_a_partial_offload_on_the_emulated_gpu_crosses_through_the_staging_buffe
 def test_two_rows_a_warp_for_16_bit_weights_only_on_fast_memory():
     import types
 
-    from lumi.cuda import memory_bandwidth
+    from lumi.backends.cuda.kernels import memory_bandwidth
 
     h100 = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(
         getDevice=lambda: 0, deviceGetAttribute=lambda attribute, device: {36: 2_619_000, 37: 5120}[attribute])))
@@ -264,7 +265,7 @@ def test_two_rows_a_warp_for_16_bit_weights_only_on_fast_memory():
 
 
 def test_rmsnorm_takes_a_prompt_one_block_per_token():
-    from lumi.model import rmsnorm
+    from lumi.model.ops import rmsnorm
 
     x, w = put(np.random.default_rng(4).standard_normal((5, 96))), put(np.linspace(0.5, 2, 96))
     LAUNCHES.clear()
@@ -279,7 +280,7 @@ def test_the_step_graph_runs_one_step_ahead_and_takes_it_only_when_asked_for_exa
     the next step before waiting for its own token, and the next call takes it when it asks for exactly that
     step. Greedy ids equal the CPU's throughout; a steady step sends nothing up and brings 4 bytes down; a jump,
     another forward pass of the model or a reset discards the step ahead; none is launched past the context."""
-    from lumi.cuda import StepGraph
+    from lumi.backends.cuda.graph import StepGraph
     from lumi.sampler import SamplingParams
 
     def replay(graph):

@@ -19,12 +19,13 @@ from memcap import assert_refused, load_under_cap
 import lumi
 from lumi.config import PRESETS, ModelConfig
 from lumi.errors import CheckpointError
-from lumi.formats.gguf import gguf_name, is_gguf, read_gguf, read_gguf_header, read_gguf_tokenizer
+from lumi.formats.gguf import gguf_name, is_gguf, read_gguf, read_gguf_header
+from lumi.tokenizer import gguf_tokenizer
 from lumi.formats.llama2c import read_llama2c, write_llama2c
 from lumi.formats.synthetic import synthetic_weights
 from lumi.model import Model
 from lumi.sampler import SamplingParams
-from lumi.weights import BF16, BlockQ8, to_float32
+from lumi.storage import BF16, BlockQ8, to_float32
 
 gguf = pytest.importorskip("gguf")
 import gguf.quants  # noqa: E402
@@ -397,7 +398,7 @@ def test_tokenizer_from_metadata(tmp_path, with_types):
     config = BLOCKY.replace(vocab_size=len(tokens))
     write_gguf(path, config, synthetic_weights(config),
                tokenizer=_vocab_writer(tokens, scores, types if with_types else None))
-    tokenizer = read_gguf_tokenizer(path)
+    tokenizer = gguf_tokenizer(path)
     assert (tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id) == (len(tokens), 1, 2)
     assert tokenizer.path == str(path)
     hello = tokens.index(SPACE + "hello")
@@ -423,10 +424,10 @@ def test_bad_tokenizer_metadata(tmp_path, case):
     path = tmp_path / "m.gguf"
     write_gguf(path, BLOCKY, synthetic_weights(BLOCKY), tokenizer=add)
     with pytest.raises(CheckpointError) as info:
-        read_gguf_tokenizer(path)
+        gguf_tokenizer(path)
     assert str(info.value).startswith(str(path) + ": ") and expected in str(info.value), str(info.value)
     if add is None:
-        assert read_gguf_tokenizer(path, required=False) is None
+        assert gguf_tokenizer(path, required=False) is None
 
 
 def test_llama_tokenizer_in_gguf_encodes_like_sentencepiece(tmp_path, assets):
@@ -441,7 +442,7 @@ def test_llama_tokenizer_in_gguf_encodes_like_sentencepiece(tmp_path, assets):
     path = tmp_path / "llama.gguf"
     config = BLOCKY.replace(vocab_size=reference.vocab_size(), max_seq_len=16)
     write_gguf(path, config, synthetic_weights(config), tokenizer=_vocab_writer(tokens, scores, types))
-    tokenizer = read_gguf_tokenizer(path)
+    tokenizer = gguf_tokenizer(path)
     assert (tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id) == (32000, 1, 2)
     corpus = CORPUS_PATH.read_text(encoding="utf-8").split("\n")[:-1]
     assert len(corpus) >= 300

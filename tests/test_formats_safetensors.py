@@ -21,7 +21,7 @@ from lumi.formats.llama2c import read_llama2c, write_llama2c
 from lumi.formats.safetensors import read_safetensors, write_safetensors
 from lumi.formats.synthetic import synthetic_weights
 from lumi.model import Model
-from lumi.weights import BF16, to_float32
+from lumi.storage import BF16, to_float32
 
 st_numpy = pytest.importorskip("safetensors.numpy")
 from safetensors import safe_open  # noqa: E402

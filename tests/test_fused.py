@@ -11,16 +11,18 @@ from conftest import asset
 pytest.importorskip("numba", reason="numba (lumi[fused], in the test extra) is not installed")
 
 import lumi  # noqa: E402
-from lumi import fused  # noqa: E402
+from lumi.backends import numba as fused  # noqa: E402
 from lumi.bench.config import load_config  # noqa: E402
 from lumi.cli import main  # noqa: E402
 from lumi.config import PRESETS  # noqa: E402
 from lumi.errors import UsageError  # noqa: E402
 from lumi.formats.synthetic import synthetic_weights  # noqa: E402
 from lumi.backends import CPU  # noqa: E402
-from lumi.model import Model, fused_ops  # noqa: E402
-from lumi.weights import (BLAS, BlockQ8, HalfMatrix, quantize_q8, to_float32, to_storage,  # noqa: E402
-                          widened_matmul_t)
+from lumi.backends.numba.ops import ops as numba_ops  # noqa: E402
+from lumi.model import Model  # noqa: E402
+from lumi.model.ops import OPS  # noqa: E402
+from lumi.backends.cpu import BLAS, widened_matmul_t  # noqa: E402
+from lumi.storage import BlockQ8, HalfMatrix, quantize_q8, to_float32, to_storage  # noqa: E402
 
 RNG = np.random.default_rng(0)
 DTYPES = ["fp32", "bf16", "fp16", "int8"]
@@ -92,7 +94,7 @@ def test_weights_without_a_kernel_stay_on_the_numpy_path():
     assert isinstance(per_row, BlockQ8) and fused.kind(per_row) is None
     x = np.ones((1, 40), dtype=np.float32)
     assert fused.gemv(x, per_row) is None
-    ops = fused_ops(SimpleNamespace(output=None))
+    ops = numba_ops(SimpleNamespace(output=None), OPS)
     np.testing.assert_array_equal(ops["matmul"](x, per_row), widened_matmul_t(x, per_row))
     wide = quantize_q8(RNG.standard_normal((4, 128)).astype(np.float32))
     left = BlockQ8(wide.q[:, :64], wide.scales[:, :2])  # rows 128 bytes apart: the kernel reads rows by address
@@ -197,7 +199,7 @@ def test_numba_kernels_run_the_host_layers_of_a_partial_offload():
     weights = synthetic_weights(config)
     expected = Model(config, weights)
     model = Model(config, weights, device=FAKE, gpu_layers=2, kernels="numba")
-    numba_op = "fused_ops.<locals>.matmul"
+    numba_op = "ops.<locals>.matmul"
     assert model.step_ops[CPU].matmul.__qualname__ == numba_op and model.step_ops[FAKE].matmul.__qualname__ != numba_op
     expected.prefill(np.array([1, 2], dtype=np.int32))
     model.prefill(np.array([1, 2], dtype=np.int32))
@@ -209,7 +211,7 @@ def test_the_small_decode_kernels_equal_numpys_operations():
     """The kernels a fused layer runs between its products: RMSNorm, RoPE (both layouts), SwiGLU and one-token
     attention (grouped kv heads, a live part of a longer cache, heads split over two threads), against model's
     NumPy operations: float32 summation order only."""
-    from lumi.model import OPS, apply_rope, rope_tables
+    from lumi.model.ops import apply_rope, rope_tables
 
     fk = fused._kernels()
     rng = np.random.default_rng(7)
@@ -266,7 +268,7 @@ def test_a_numba_step_is_one_call(monkeypatch):
     reference.prefill(np.array([1, 2, 3], dtype=np.int32))
     np.testing.assert_allclose(whole, reference.decode(5, 3), rtol=0, atol=1e-5 * np.abs(whole).max())
     model.layers[2].w2 = to_storage(to_float32(model.layers[2].w2), "bf16")  # a layer of another kind: a second run
-    vars(model.ops).update(fused_ops(model))  # the runs are worked out afresh
+    vars(model.ops).update(numba_ops(model, OPS))  # the runs are worked out afresh
     with model.decoding():
         model.decode(6, 4)
     assert calls == {"layers": 4, "rmsnorm": 1, "gemv": 2}  # layers 0-1, 2 (bf16's w2), 3-4; then the head
@@ -281,7 +283,7 @@ def test_one_call_a_layer_equals_the_step_op_by_op(monkeypatch, dtype, shape):
     places."""
     import numba
 
-    from lumi.model import no_block, no_step
+    from lumi.model.ops import no_block, no_step
 
     base = PRESETS["stories260K"].replace(max_seq_len=300)  # 8 heads over 4 kv heads, interleaved RoPE
     config = {"grouped, interleaved": base,
@@ -353,7 +355,7 @@ def test_a_numba_decode_step_allocates_no_array_but_its_logits():
 def test_profile_of_a_numba_step_reports_the_fused_layers_operations():
     """--profile with one call a layer: the layer kernel's clock gives each kind its calls and time, and what is
     left for Python is not negative (the cycle counter's rate is measured over the same steps)."""
-    from lumi.profile import profile_decode
+    from lumi.bench.profile import profile_decode
 
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config, seed=3), kernels="numba")
@@ -382,9 +384,9 @@ def test_a_decode_loaded_from_numbas_cache_runs(tmp_path):
         return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
 
     runs = [run()]  # compiles every kernel
-    for cached in tmp_path.rglob("fused_kernels.layers-*"):
+    for cached in tmp_path.rglob("kernels.layers-*"):
         cached.unlink()
     runs += [run(), run()]  # compiles ``layers`` over the cached kernels; then loads it
     assert [r.returncode for r in runs] == [0, 0, 0], runs[-1].stderr[-2000:]
     assert len({r.stdout for r in runs}) == 1 and len(eval(runs[0].stdout)) == 8
-    assert list(tmp_path.rglob("fused_kernels.layers-*.nbi"))  # the last run had it to load
+    assert list(tmp_path.rglob("kernels.layers-*.nbi"))  # the last run had it to load

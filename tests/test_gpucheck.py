@@ -4,7 +4,7 @@ import json
 
 from conftest import ASSETS
 
-from lumi.gpucheck import main
+from lumi.bench.gpucheck import main
 
 
 def test_gpucheck_dry_run_on_the_cpu(tmp_path):
@@ -39,7 +39,7 @@ def test_the_kernel_checks_pass_on_the_emulated_gpu():
     """The ``kernels`` section's comparisons, run against the NumPy emulations of lumi's kernels (``fake_cuda``)."""
     from fake_cuda import CUDA_FAKE
 
-    from lumi.gpucheck import kernels
+    from lumi.bench.gpucheck import kernels
 
     section = kernels(CUDA_FAKE)
     assert section["ok"] and len(section["rows"]) > 30
@@ -53,7 +53,7 @@ def test_transfers_on_the_emulated_gpu():
     brings it down once a step, through the page-locked buffers; all on the device, the token up and 4 bytes down."""
     from fake_cuda import CUDA_FAKE
 
-    from lumi.gpucheck import transfers
+    from lumi.bench.gpucheck import transfers
 
     rows = transfers(CUDA_FAKE, "stories260K")["rows"]
     assert [(r["gpu_layers"], r["h2d_per_step"], r["d2h_per_step"]) for r in rows[:3]] == [
@@ -67,7 +67,7 @@ def test_transfers_on_the_emulated_gpu():
 def test_crossing_times_on_the_emulated_gpu():
     from fake_cuda import CUDA_FAKE
 
-    from lumi.gpucheck import crossing_speed
+    from lumi.bench.gpucheck import crossing_speed
 
     rows = crossing_speed(CUDA_FAKE, 64, repeats=2)
     assert [r["tokens"] for r in rows] == [1, 128] and rows[1]["bytes"] == 128 * 64 * 4
@@ -79,7 +79,7 @@ def test_the_bandwidth_section_on_the_emulated_gpu():
     for 16-bit weights; the stand-in cannot capture, so its graph runs record why and decode eagerly."""
     from fake_cuda import CUDA_FAKE
 
-    from lumi.gpucheck import bandwidth
+    from lumi.bench.gpucheck import bandwidth
 
     rows = bandwidth(CUDA_FAKE, "stories260K", ["fp16", "int8"], 3, 1 << 20, prompt_tokens=16)["rows"]
     assert [(r["dtype"], r["mode"]) for r in rows] == [

@@ -9,7 +9,8 @@ import lumi
 from lumi.config import PRESETS
 from lumi.formats.llama2c import write_llama2c
 from lumi.formats.synthetic import synthetic_weights
-from lumi.model import Model, apply_rope, rope_tables, swiglu
+from lumi.model import Model
+from lumi.model.ops import apply_rope, rope_tables, swiglu
 
 TOL = 5e-4
 
@@ -205,7 +206,7 @@ def test_big_synthetic_shapes_are_cached_on_disk_and_memory_mapped(tmp_path, mon
 
 
 def test_weights_from_a_file_map_are_held_in_the_process_memory(tmp_path):
-    from lumi.weights import _owner
+    from lumi.storage import _owner
 
     path = tmp_path / "m.bin"
     write_llama2c(path, PRESETS["stories260K"], synthetic_weights(PRESETS["stories260K"]))

@@ -103,7 +103,7 @@ def test_placement_rules_and_errors():
 @pytest.mark.parametrize("gpu_layers", [2, -1])
 def test_16_bit_and_int8_weights_stay_narrow_on_the_device(dtype, gpu_layers):
     """Device layers hold their weights in the stored width and widen them there; logits equal the CPU's."""
-    from lumi.weights import DeviceMatrix
+    from lumi.backends.cuda.storage import DeviceMatrix
 
     config = PRESETS["stories260K"]
     weights = synthetic_weights(config, seed=3)

@@ -12,8 +12,8 @@ import lumi
 from lumi.config import PRESETS
 from lumi.formats.synthetic import synthetic_weights
 from lumi.model import Model
-from lumi.weights import (BF16, QK, BlockQ8, HalfMatrix, block_rows, quantize_q8, stack_rows, to_float32,
-                          to_storage, widened_matmul_t)
+from lumi.backends.cpu import block_rows, widened_matmul_t
+from lumi.storage import BF16, QK, BlockQ8, HalfMatrix, quantize_q8, stack_rows, to_float32, to_storage
 
 RNG = np.random.default_rng(0)
 
@@ -22,9 +22,9 @@ RNG = np.random.default_rng(0)
 @pytest.mark.parametrize("cols", [64, 172, 4096])
 @pytest.mark.parametrize("tokens", [1, 3])  # one token's bf16 and int8 rows: einsum (``matvec_rows``)
 def test_widened_product_equals_the_product_with_the_widened_matrix(dtype, cols, tokens, monkeypatch):
-    from lumi import weights
+    from lumi import storage
 
-    monkeypatch.setattr(weights, "BLOCK_BYTES", 4096)  # several blocks, and int8's block sums in several rounds
+    monkeypatch.setattr(storage, "BLOCK_BYTES", 4096)  # several blocks, and int8's block sums in several rounds
     w = RNG.standard_normal((300, cols)).astype(np.float32)
     x = RNG.standard_normal((tokens, cols)).astype(np.float32)
     stored = to_storage(w, dtype)
@@ -119,17 +119,17 @@ def test_rows_split_across_threads_give_the_same_product(dtype, monkeypatch):
 
     from threadpoolctl import threadpool_limits
 
-    from lumi import weights
-    from lumi.weights import BLAS
+    from lumi.backends import cpu
+    from lumi.backends.cpu import BLAS
 
     w = RNG.standard_normal((1500, 4096)).astype(np.float32)  # 6-12 MB stored
     x = RNG.standard_normal((1, 4096)).astype(np.float32)
     stored = to_storage(w, dtype)
-    assert weights.splits_rows(stored)  # 4 MB and up
+    assert cpu.splits_rows(stored)  # 4 MB and up
     with threadpool_limits(1):
         single = widened_matmul_t(x, stored)
-    ran, widen = [], weights._widened_rows
-    monkeypatch.setattr(weights, "_widened_rows", lambda *a: (ran.append(threading.current_thread().name), widen(*a)))
+    ran, widen = [], cpu._widened_rows
+    monkeypatch.setattr(cpu, "_widened_rows", lambda *a: (ran.append(threading.current_thread().name), widen(*a)))
     with threadpool_limits(2):
         split = widened_matmul_t(x, stored)
         assert BLAS.threads() == 2  # restored after the call
@@ -143,21 +143,21 @@ def test_rows_split_across_threads_give_the_same_product(dtype, monkeypatch):
 def test_which_products_split_their_rows():
     """bf16 and int8 one-token products are a few einsum calls a thread and split from 1 MiB; fp16's block loop
     from 4 MiB; float32 never (BLAS's own threads)."""
-    from lumi.weights import ONE_CALL_MIN_BYTES, PARALLEL_MIN_BYTES, splits_rows
+    from lumi.backends.cpu import SPLIT_MIN_BYTES, SPLIT_ONE_CALL_MIN_BYTES, splits_rows
 
     def stored(dtype, nbytes):
         itemsize = {"bf16": 2, "fp16": 2, "int8": 1, "fp32": 4}[dtype]
         return to_storage(np.ones((nbytes // (itemsize * 256), 256), np.float32), dtype)
 
-    assert ONE_CALL_MIN_BYTES < PARALLEL_MIN_BYTES
-    assert splits_rows(stored("bf16", ONE_CALL_MIN_BYTES)) and not splits_rows(stored("bf16", ONE_CALL_MIN_BYTES // 2))
-    assert not splits_rows(stored("fp16", PARALLEL_MIN_BYTES // 2)) and splits_rows(stored("fp16", PARALLEL_MIN_BYTES))
-    assert splits_rows(stored("int8", ONE_CALL_MIN_BYTES))  # 1.125 bytes a weight with the scales
-    assert not splits_rows(stored("int8", ONE_CALL_MIN_BYTES // 2)) and not splits_rows(stored("fp32", 64 << 20))
+    assert SPLIT_ONE_CALL_MIN_BYTES < SPLIT_MIN_BYTES
+    assert splits_rows(stored("bf16", SPLIT_ONE_CALL_MIN_BYTES)) and not splits_rows(stored("bf16", SPLIT_ONE_CALL_MIN_BYTES // 2))
+    assert not splits_rows(stored("fp16", SPLIT_MIN_BYTES // 2)) and splits_rows(stored("fp16", SPLIT_MIN_BYTES))
+    assert splits_rows(stored("int8", SPLIT_ONE_CALL_MIN_BYTES))  # 1.125 bytes a weight with the scales
+    assert not splits_rows(stored("int8", SPLIT_ONE_CALL_MIN_BYTES // 2)) and not splits_rows(stored("fp32", 64 << 20))
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config, seed=3), dtype="bf16")
     assert model.split_products(2) == []  # 0.5 MB of bf16 weights in all
-    model.layers[1].w2 = stored("fp16", PARALLEL_MIN_BYTES)  # swapped in for the provenance only: no product runs
+    model.layers[1].w2 = stored("fp16", SPLIT_MIN_BYTES)  # swapped in for the provenance only: no product runs
     assert model.split_products(2) == ["w2"] and model.split_products(1) == []
 
 
@@ -168,7 +168,7 @@ def _rss_bytes() -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the resident set from /proc (Linux)")
 def test_release_drops_a_mapped_array_from_the_resident_set_and_keeps_its_data(tmp_path):
-    from lumi.weights import release
+    from lumi.storage import release
 
     path = tmp_path / "w.npy"
     np.save(path, np.arange(16 << 20, dtype=np.float32).reshape(4096, -1))  # 64 MiB

@@ -36,8 +36,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import LumiError
-from ..fused import KERNELS
-from ..weights import STORAGE_DTYPES
+from ..backends.numba import KERNELS
+from ..storage import STORAGE_DTYPES
 
 BACKENDS = ("numpy", "cupy")
 DTYPES = tuple(STORAGE_DTYPES)

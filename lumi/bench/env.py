@@ -90,7 +90,7 @@ def measure_bandwidth(threads: int | None, repeats: int = 60, sgemm_repeats: int
     shared box (26.0-29.0 GB/s), more than the decode steps it divides; 60 moved 2% (27.7-28.3)
     for 0.3 s more.
     """
-    from .runner import applied_threads, thread_limit
+    from ..backends.cpu import applied_threads, thread_limit
 
     first = np.random.default_rng(0).random(GEMV_SHAPE, dtype=np.float32)
     matrices = [first] + [first + np.float32(i) for i in range(1, GEMV_MATRICES)]  # distinct pages, same kind of values

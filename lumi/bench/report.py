@@ -67,7 +67,7 @@ def table(doc: dict) -> str:
     text = "\n".join(head + ["", line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]) + "\n"
     for r in doc["results"]:
         if "profile" in r:
-            from ..profile import render
+            from .profile import render
 
             text += "\n" + render(r["profile"], f"{r['config']} {r['test']} t{r['threads_applied']}")
     return text

@@ -17,11 +17,11 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 
 from ..backends import CPU, memory_stats
+from ..backends.cpu import applied_threads, thread_limit  # noqa: F401 (thread_limit: asv's benchmarks import it here)
 from ..errors import LumiError, UsageError
 from .config import BenchConfig, ConfigError, RunPoint, load_config
 
@@ -32,7 +32,7 @@ METRICS = ("prefill_s", "prefill_tokens_per_s", "ttft_s", "decode_s_per_token", 
 def check_supported(cfg: BenchConfig) -> None:
     """A config this machine cannot run (numba or CuPy missing, no GPU) is a clear error, not a silent fallback."""
     from ..backends import get_device
-    from ..fused import missing
+    from ..backends.numba import missing
 
     if cfg.kernels == "numba" and missing():
         raise ConfigError(cfg.path, "kernels", missing())
@@ -40,22 +40,6 @@ def check_supported(cfg: BenchConfig) -> None:
         get_device(cfg.backend)
     except UsageError as e:
         raise ConfigError(cfg.path, "backend", e.problem) from None
-
-
-def thread_limit(threads: int | None):
-    """BLAS threads held at ``threads`` for the duration (threadpoolctl), or no change."""
-    if threads is None:
-        return nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=threads, user_api="blas")
-
-
-def applied_threads() -> int:
-    """The BLAS thread count in force right now (what the products actually use)."""
-    from ..weights import BLAS
-
-    return BLAS.threads()
 
 
 def prompt_ids(n: int, vocab_size: int) -> list[int]:
@@ -188,7 +172,7 @@ def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
     result["gpu_step"] = model.gpu_step()  # what a decode step ran on the GPU (a CUDA graph, kernels, ...)
     result["graph_error"] = model.graph_error
     if cfg.kernels == "numba":
-        from ..fused import provenance
+        from ..backends.numba import provenance
 
         result["fused"] = provenance(threads)
     if session.device is not CPU:
@@ -241,7 +225,7 @@ def measure_config(cfg: BenchConfig, progress=None, profile: bool = False) -> li
     With ``profile``, each point also gets a per-op profile of its decode steps,
     taken after (and apart from) the timed repetitions.
     """
-    from ..profile import profile_decode
+    from .profile import profile_decode
 
     session = Session(cfg)
     results = [measure_point(session, point, progress) for point in cfg.points()]

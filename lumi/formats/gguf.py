@@ -32,12 +32,12 @@ import math
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..config import ModelConfig
-from ..weights import BF16, BlockQ8
+from ..storage import BF16, BlockQ8
 from ._io import MappedFile
 
 MAGIC = b"GGUF"
@@ -106,6 +106,8 @@ _GLOBAL_NAMES = {"tok_embeddings": "token_embd.weight", "norm": "output_norm.wei
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+TOKEN_TYPES = {TOKEN_NORMAL: "normal", TOKEN_UNKNOWN: "unknown", TOKEN_CONTROL: "control",
+               TOKEN_USER_DEFINED: "user-defined", TOKEN_UNUSED: "unused", TOKEN_BYTE: "byte"}
 
 
 def gguf_name(canonical: str) -> str:
@@ -446,7 +448,7 @@ def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     """(config, weights by canonical name) from a GGUF llama model.
 
     F32 / F16 / BF16 tensors are zero-copy read-only views of the mapped file
-    (float32, float16, ``lumi.weights.BF16``). Q8_0 and Q4_0 matrices become
+    (float32, float16, ``lumi.storage.BF16``). Q8_0 and Q4_0 matrices become
     ``BlockQ8`` (int8 q (out, in), float32 scales (out, in/32)), exactly:
     Q8_0's q are the file's quants and its scales each block's fp16 d widened;
     Q4_0's nibbles are unpacked to q - 8 in -8..7 with the same d. Both are
@@ -471,17 +473,23 @@ def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
     return config, weights
 
 
-def read_gguf_tokenizer(path: str | os.PathLike, required: bool = True):
-    """The sentencepiece-style vocabulary in a GGUF file's metadata (``tokenizer.ggml.model == "llama"``),
-    as a ``Llama2cTokenizer`` (run.c's greedy BPE by piece score, byte fallback).
+class GGUFVocab(NamedTuple):
+    """A GGUF file's sentencepiece-style vocabulary, every field checked (``read_gguf_vocab``)."""
 
-    Pieces of type NORMAL and USER_DEFINED are matched and merged (user-defined
-    pieces are not pre-matched whole as sentencepiece does; Llama 2 has none),
-    UNUSED ones render as nothing. With ``required=False`` a file with no
-    tokenizer metadata gives None instead of an error.
+    path: str
+    tokens: list[bytes]  # UTF-8 pieces as stored, sentencepiece's '▁' included
+    scores: list[float]  # merge priority, higher merges first
+    types: list[int] | None  # each token's TOKEN_TYPES key, or None when the file records none
+    bos_id: int
+    eos_id: int
+
+
+def read_gguf_vocab(path: str | os.PathLike, required: bool = True) -> GGUFVocab | None:
+    """The sentencepiece-style vocabulary in a GGUF file's metadata (``tokenizer.ggml.model == "llama"``).
+
+    With ``required=False`` a file with no tokenizer metadata gives None
+    instead of an error. ``lumi.tokenizer.gguf_tokenizer`` encodes with it.
     """
-    from ..tokenizer import SPACE, Llama2cTokenizer, PieceKind
-
     g = read_gguf_header(path)
     if not required and "tokenizer.ggml.model" not in g.metadata:
         return None
@@ -501,19 +509,14 @@ def read_gguf_tokenizer(path: str | os.PathLike, required: bool = True):
     if not np.all(np.isfinite(scores)):
         raise g.error("tokenizer.ggml.scores", "must be finite")
     types = g.get_array("tokenizer.ggml.token_type", _INTEGER_TYPES, None)
-    kinds = None
     if types is not None:
         if len(types) != n:
             raise g.error("tokenizer.ggml.token_type", f"has {len(types)} entries for {n} tokens")
-        table = {TOKEN_NORMAL: PieceKind.NORMAL, TOKEN_USER_DEFINED: PieceKind.NORMAL, TOKEN_UNKNOWN: PieceKind.UNKNOWN,
-                 TOKEN_CONTROL: PieceKind.CONTROL, TOKEN_UNUSED: PieceKind.CONTROL, TOKEN_BYTE: PieceKind.BYTE}
-        kinds = []
-        for i, t in enumerate(types.tolist()):
-            if t not in table:
+        types = types.tolist()
+        for i, t in enumerate(types):
+            if t not in TOKEN_TYPES:
                 raise g.error(f"tokenizer.ggml.token_type[{i}]", f"unknown token type {t} (known: 1..6)")
-            kinds.append(table[t])
-    space = SPACE.encode()
-    pieces = [t.replace(space, b" ") for t in tokens]
     bos = g.get_int("tokenizer.ggml.bos_token_id", 1, lo=0, hi=n - 1)
     eos = g.get_int("tokenizer.ggml.eos_token_id", 2, lo=0, hi=n - 1)
-    return Llama2cTokenizer.from_pieces(g.path, pieces, scores.tolist(), kinds, bos, eos)
+    return GGUFVocab(g.path, list(tokens), scores.tolist(), types, bos, eos)
+

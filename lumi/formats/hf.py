@@ -30,7 +30,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, UsageError
-from ..weights import BF16, STORAGE_DTYPES, BlockQ8, to_float32
+from ..storage import BF16, STORAGE_DTYPES, BlockQ8, to_float32
 from ._io import NonFiniteWeightWarning, MappedFile, warn_non_finite  # noqa: F401 (re-exported)
 from .safetensors import read_header, write_tensors
 

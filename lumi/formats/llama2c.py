@@ -147,8 +147,7 @@ def write_llama2c(path: str | os.PathLike, config: ModelConfig, weights: dict, v
                 parts = [weights[f"layers.{i}.{name[6:]}"] for i in range(config.n_layers)]
             elif name.startswith("rope:"):
                 if cos is None:  # what export.py stores; run.c never reads it
-                    from ..model import rope_tables
-                    cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta, np)
+                    cos, sin = _rope_tables(config)
                 parts = [cos if name == "rope:cos" else sin]
             else:
                 parts = [weights[name]]
@@ -156,3 +155,10 @@ def write_llama2c(path: str | os.PathLike, config: ModelConfig, weights: dict, v
                 out.write(memoryview(np.ascontiguousarray(a, dtype="<f4")).cast("B"))
     os.replace(tmp, path)
 
+
+def _rope_tables(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """export.py's freq_cis_real and freq_cis_imag: cos and sin of pos * theta^(-2i/hd), (max_seq_len, hd/2)."""
+    hd = config.head_dim
+    inv_freq = np.float32(config.rope_theta) ** -(np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd))
+    angles = np.arange(config.max_seq_len, dtype=np.float32)[:, None] * inv_freq[None, :]
+    return np.cos(angles), np.sin(angles)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..weights import BF16
+from ..storage import BF16
 from ._io import MappedFile
 
 HEADER_LIMIT = 100 << 20  # the safetensors library's own limit on the JSON header

@@ -22,10 +22,8 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from ..backends import is_cupy
-from ..config import PRESETS, ModelConfig
+from ..config import PRESETS, STACKED_ROWS, ModelConfig
 from ..errors import UsageError
-from ..model import STACKED_ROWS
 
 log = logging.getLogger("lumi")
 PREFIX = "synthetic:"
@@ -219,7 +217,7 @@ class DeviceWeights(Mapping):
         if name.endswith("norm"):
             return xp.full(shape, _norm_value(self.config, name), dtype=np.float32)
         index = self.index[name]
-        if is_cupy(self.device):  # drawn on the GPU itself
+        if not self.device.host_memory and getattr(xp, "__name__", None) == "cupy":  # drawn on the GPU itself
             a = xp.random.RandomState(self.seed * 1_000_003 + index).random_sample(shape, dtype=np.float32)
         else:
             a = self.device.to_device(_host_generator(self.seed, index).random(shape, dtype=np.float32))

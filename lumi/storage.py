@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import mmap
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -23,12 +22,6 @@ STORAGE_DTYPES = {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16), "b
 QK = 32  # int8 block length along the input axis (GGUF's Q8_0 uses the same)
 
 
-# Stored matrices smaller than this are not worth handing to worker threads: a block loop hands the GIL back
-# and forth every few microseconds. A one-token product of bf16 or int8 rows is a few einsum calls a thread
-# (``matvec_rows``), so it splits from ONE_CALL_MIN_BYTES (stories110M bf16 decode 0.82x at 2 threads with
-# 1 MiB against 4; 256 KiB took stories15M's 0.9 MB gate/up product to two threads and its decode to 1.4x).
-PARALLEL_MIN_BYTES = 4 << 20
-ONE_CALL_MIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -85,7 +78,7 @@ class BlockQ8:
         n_blocks = self.scales.shape[1]
         xb = x.reshape(n_blocks, -1)
         step = max(1, BLOCK_BYTES // (4 * n_blocks))
-        partial = _scratch(min(step, r1 - r0) * n_blocks)
+        partial = scratch(min(step, r1 - r0) * n_blocks)
         for b0 in range(r0, r1, step):
             b1 = min(b0 + step, r1)
             sums = partial[: (b1 - b0) * n_blocks].reshape(b1 - b0, n_blocks)
@@ -134,10 +127,6 @@ def to_float32(w) -> np.ndarray:
 # 16-bit matrices and the block-wise product
 
 BLOCK_BYTES = 1 << 19  # float32 bytes widened per block for one token: 512 KiB stays in L2 while the product reads it
-# A T-token product (a prompt) widens min(T, 16) times as many per block: sgemm runs well only on wide
-# blocks, and a prompt reads each block T times. At T = 128 on tinyllama-1.1B's bf16 shapes, 8 MiB blocks
-# took 1.14x the fp32 products' time against 1.68x with 512 KiB ones (2 threads; 1.11x against 1.59x at 1).
-PROMPT_BLOCK_SCALE = 16
 _F16_MASK = np.uint32(0x8FFFFFFF).view(np.int32)  # keep the sign (bit 31) and bits 0..27
 _F16_SCALE = np.float32(2.0**112)  # 2^(127 - 15): rebias a half's exponent to a float's
 
@@ -193,224 +182,11 @@ class HalfMatrix:
 _LOCAL = threading.local()  # each thread's reused float32 buffer for widened blocks
 
 
-def _scratch(n: int) -> np.ndarray:
+def scratch(n: int) -> np.ndarray:
     buffer = getattr(_LOCAL, "buffer", None)
     if buffer is None or buffer.size < n:
         buffer = _LOCAL.buffer = np.empty(n, dtype=np.float32)
     return buffer[:n]
-
-
-def block_rows(tokens: int, cols: int) -> int:
-    """Rows of a (rows, cols) matrix widened per block in a product with ``tokens`` rows of x."""
-    return max(1, BLOCK_BYTES * min(tokens, PROMPT_BLOCK_SCALE) // (4 * cols))
-
-
-def _widened_rows(x: np.ndarray, w, r0: int, r1: int, out: np.ndarray) -> None:
-    """out[:, r0:r1] = x @ w[r0:r1].T, widening a cache-sized block of rows at a time (one token's bf16 or int8
-    rows: ``w.matvec_rows``)."""
-    if x.shape[0] == 1 and w.one_call:
-        w.matvec_rows(x[0], r0, r1, out[0, r0:r1])
-        return
-    cols = w.shape[1]
-    block = min(r1 - r0, block_rows(x.shape[0], cols))
-    buffer = _scratch(block * cols)
-    for b0 in range(r0, r1, block):
-        b1 = min(b0 + block, r1)
-        wide = w.widen_rows(b0, b1, buffer[: (b1 - b0) * cols].reshape(b1 - b0, cols))
-        np.matmul(x, wide.T, out=out[:, b0:b1])
-
-
-class _Blas:
-    """The BLAS library's thread count, read and set through threadpoolctl's handles (a C call each)."""
-
-    def __init__(self):
-        self.libs = None
-        self._parkers = None
-
-    def _handles(self):
-        if self.libs is None:
-            from threadpoolctl import ThreadpoolController
-
-            self.libs = ThreadpoolController().select(user_api="blas").lib_controllers
-        return self.libs
-
-    def threads(self) -> int:
-        return max((lib.get_num_threads() for lib in self._handles()), default=1)
-
-    def set(self, n: int) -> None:
-        for lib in self._handles():
-            lib.set_num_threads(n)
-
-    def park(self) -> bool:
-        """Put the BLAS pool's idle threads to rest now; False where the library offers no way to.
-
-        OpenBLAS's threads spin for about 0.1 s after each threaded call. Another
-        pool starting in that window (numba's, in ``fused``) loses whole time slices
-        to them: a 16 us product took 3-7 ms. OpenBLAS (pthreads builds) exports
-        ``blas_thread_shutdown_``, which its own fork handler calls: the threads exit
-        and are started again by its next threaded call (about 0.6 ms, once). A
-        no-op when they are already gone. Not for use while another thread is in BLAS.
-        """
-        if self._parkers is None:
-            self._parkers = [lib.dynlib.blas_thread_shutdown_ for lib in self._handles()
-                             if lib.internal_api == "openblas" and lib.threading_layer == "pthreads"
-                             and hasattr(lib.dynlib, "blas_thread_shutdown_")]
-        for shutdown in self._parkers:
-            shutdown()
-        return bool(self._parkers)
-
-
-BLAS = _Blas()
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def splits_rows(w) -> bool:
-    """Whether a one-token product with the stored matrix w splits its rows over Python threads (where BLAS
-    may use more than one)."""
-    if not isinstance(w, (HalfMatrix, BlockQ8)):
-        return False
-    return w.nbytes >= (ONE_CALL_MIN_BYTES if w.one_call else PARALLEL_MIN_BYTES)
-
-
-def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
-    """x (T, in) @ w.T for a HalfMatrix or BlockQ8 w (out, in): float32 (T, out).
-
-    Rows of w are widened into a cache-sized float32 block, which BLAS then
-    multiplies (one token's bf16 or int8 rows: einsum, ``matvec_rows``); the
-    full matrix never exists in float32. With BLAS allowed n > 1 threads and a
-    big matrix (``splits_rows``), n Python threads each take a share of the rows
-    (every widening path releases the GIL) while BLAS is held at one thread: one
-    active pool at a time, since two pools spinning on the same cores slow each
-    other down. At 2 threads on 11008x4096 this took fp16 from 3.75x to 2.93x the
-    fp32 product and int8 from 3.99x to 2.63x.
-    A prompt's product (T > 1) is sgemm on wide blocks, where BLAS's own threads
-    do better: at T = 128 on tinyllama's shapes, 2 threads, split against whole
-    took 1.47x against 1.25x the fp32 products' time in bf16, 1.61x against
-    1.51x in int8, 1.64x against 1.69x in fp16.
-    """
-    rows = w.shape[0]
-    out = np.empty((x.shape[0], rows), dtype=np.float32)
-    threads = min(BLAS.threads(), rows) if x.shape[0] == 1 and splits_rows(w) else 1
-    if threads <= 1:
-        _widened_rows(x, w, 0, rows, out)
-        return out
-    pool = _POOLS.get(threads) or _POOLS.setdefault(threads, ThreadPoolExecutor(threads, "lumi-widen"))
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    BLAS.set(1)
-    try:
-        for job in [pool.submit(_widened_rows, x, w, bounds[i], bounds[i + 1], out) for i in range(threads)]:
-            job.result()
-    finally:
-        BLAS.set(threads)
-    return out
-
-
-# ----------------------------------------------------------------------------
-# 16-bit and int8 matrices on a device (CuPy)
-
-DEVICE_BLOCK_BYTES = 64 << 20  # float32 bytes widened or converted per block on a device: a bounded temporary
-
-
-class DeviceMatrix:
-    """A 16-bit or int8 matrix held on a device in its stored width, widened there a block of rows at a time.
-
-    The same rule as on the host (a full float32 copy never exists), with the
-    device's array module: bf16 travels as its uint16 bits (CuPy has no bfloat16
-    dtype) and widens by a shift into a float's high half; fp16 by the device's
-    own half-to-float conversion; int8 as int8 times its block scales. A decode
-    step's product is one kernel that reads the stored width (``cuda.Kernels.gemv``);
-    a prompt's 16-bit product is cuBLAS GemmEx on the stored width (``Kernels.gemm``),
-    and otherwise (int8, or a device without lumi's kernels) widens a block at a
-    time into one float32 matrix product (``device_matmul_t``).
-    ``a``: the fp16 values or bf16 bits (out, in); ``blocks``: a BlockQ8 of device arrays.
-    """
-
-    def __init__(self, storage: str, xp, a=None, blocks: BlockQ8 | None = None):
-        self.xp, self.storage, self.a, self.blocks = xp, storage, a, blocks
-        held = blocks.q if blocks is not None else a
-        self.shape, self.nbytes = tuple(held.shape), (blocks.nbytes if blocks is not None else a.nbytes)
-        self.path = f"{storage}-device"  # decode: lumi's GEMV kernel; prompts: GemmEx (16-bit) or widened blocks
-
-    @classmethod
-    def upload(cls, w, device) -> DeviceMatrix:
-        """A host HalfMatrix or BlockQ8, copied to the device as it is stored."""
-        if isinstance(w, BlockQ8):  # BlockQ8.rows uses only array methods: the same arithmetic runs on the device
-            return cls("int8", device.xp, blocks=BlockQ8(device.to_device(w.q), device.to_device(w.scales)))
-        return cls(w.storage, device.xp, a=device.to_device(w.a.view(np.uint16) if w.storage == "bf16" else w.a))
-
-    def to_host(self, device):
-        """The host HalfMatrix or BlockQ8 holding the same stored values."""
-        if self.blocks is not None:
-            return BlockQ8(device.to_host(self.blocks.q), device.to_host(self.blocks.scales))
-        a = device.to_host(self.a)
-        return HalfMatrix(a.view(BF16) if self.storage == "bf16" else a)
-
-    def rows(self, index):
-        """Rows picked by an index array or slice, as float32 (..., in) on the device."""
-        xp = self.xp
-        if self.storage == "int8":
-            return self.blocks.rows(index)
-        if self.storage == "bf16":
-            return (self.a[index].astype(xp.uint32) << 16).view(xp.float32)
-        return self.a[index].astype(xp.float32)
-
-
-def convert_on_device(w, dtype: str, xp):
-    """A float32 matrix on a device in the storage ``dtype``, converted there: an array (fp32) or a DeviceMatrix.
-
-    bf16 rounds to nearest even, as ml_dtypes does on the host (finite values);
-    int8 takes ``quantize_q8``'s blocks and absmax scales. Rows go a block at a
-    time, so the temporaries stay small next to the matrix.
-    """
-    if dtype == "fp32":
-        return w
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"unknown storage dtype {dtype!r} (known: {', '.join(STORAGE_DTYPES)})")
-    rows, cols = w.shape
-    n_blocks = cols // QK if cols % QK == 0 else 1
-    out = xp.empty((rows, cols), dtype={"fp16": xp.float16, "bf16": xp.uint16, "int8": xp.int8}[dtype])
-    scales = xp.empty((rows, n_blocks), dtype=xp.float32) if dtype == "int8" else None
-    step = max(1, DEVICE_BLOCK_BYTES // (4 * cols))
-    for r0 in range(0, rows, step):
-        part = w[r0 : r0 + step]
-        if dtype == "fp16":
-            out[r0 : r0 + step] = part
-        elif dtype == "bf16":
-            bits = part.view(xp.uint32)
-            out[r0 : r0 + step] = (bits + (xp.uint32(0x7FFF) + ((bits >> 16) & xp.uint32(1)))) >> 16
-        else:
-            blocks = part.reshape(part.shape[0], n_blocks, -1)
-            scale = xp.abs(blocks).max(axis=-1) / np.float32(127)
-            inverse = xp.where(scale > 0, np.float32(1) / xp.where(scale > 0, scale, np.float32(1)), np.float32(0))
-            out[r0 : r0 + step] = xp.rint(blocks * inverse[:, :, None]).reshape(part.shape)
-            scales[r0 : r0 + step] = scale
-    if dtype == "int8":
-        return DeviceMatrix("int8", xp, blocks=BlockQ8(out, scales))
-    return DeviceMatrix(dtype, xp, a=out)
-
-
-def device_matmul_t(x, w: DeviceMatrix):
-    """x (T, in) @ w.T on w's device, widening DEVICE_BLOCK_BYTES of rows at a time: float32 (T, out)."""
-    rows, cols = w.shape
-    out = w.xp.empty((x.shape[0], rows), dtype=w.xp.float32)
-    block = max(1, min(rows, DEVICE_BLOCK_BYTES // (4 * cols)))
-    for b0 in range(0, rows, block):
-        b1 = min(b0 + block, rows)
-        out[:, b0:b1] = x @ w.rows(slice(b0, b1)).T
-    return out
-
-
-def stack_on_device(parts: list, xp):
-    """Converted matrices on a device (arrays or DeviceMatrix of one storage) stacked along the rows."""
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    if not isinstance(first, DeviceMatrix):
-        return xp.concatenate(parts)
-    if first.blocks is not None:
-        return DeviceMatrix("int8", xp, blocks=BlockQ8(xp.concatenate([p.blocks.q for p in parts]),
-                                                       xp.concatenate([p.blocks.scales for p in parts])))
-    return DeviceMatrix(first.storage, xp, a=xp.concatenate([p.a for p in parts]))
 
 
 # ----------------------------------------------------------------------------

@@ -1,11 +1,11 @@
-"""``python -m lumi.gpucheck``: every GPU check and measurement in one run, one report.
+"""``python -m lumi.bench.gpucheck``: every GPU check and measurement in one run, one report.
 
 GPU time is scarce (a lent machine, minutes at a time, no network), so this
 needs no installs beyond the preinstalled CuPy and writes everything it finds
 to one JSON and one Markdown file, each section recorded even when another
 fails:
 
-- kernels: each of lumi's CUDA kernels (``cuda.py``) against the generic
+- kernels: each of lumi's CUDA kernels (``backends.cuda.kernels``) against the generic
   operation it replaces, on random inputs;
 - golden: stories260K greedy ids against llama2.c's, and logits (prompt and
   decode steps) against the CPU backend, for gpu_layers 0, 2 and -1; with fp16
@@ -50,16 +50,17 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import __version__, fused, generate
-from .backends import Device, get_device, is_cupy
-from .bench.env import copy_bandwidth, sync
-from .config import PRESETS
-from .cuda import memory_bandwidth, rows_per_warp
-from .formats import load_checkpoint
-from .formats.synthetic import DeviceWeights
-from .model import Model
-from .sampler import SamplingParams
-from .weights import QK
+from .. import __version__, generate
+from ..backends import Device, get_device, is_cupy
+from ..backends import numba as fused
+from ..backends.cuda.kernels import memory_bandwidth, rows_per_warp
+from ..config import PRESETS
+from ..formats import load_checkpoint
+from ..formats.synthetic import DeviceWeights
+from ..model import Model
+from ..sampler import SamplingParams
+from ..storage import QK
+from .env import copy_bandwidth, sync
 
 
 def _syncs(device: Device, allowed: bool):
@@ -101,8 +102,8 @@ def _free(device: Device) -> None:
 
 def kernels(device: Device) -> dict:
     """Each of lumi's CUDA kernels against the generic operation it replaces, on random inputs, on the device."""
-    from .model import OPS, apply_rope
-    from .weights import convert_on_device
+    from ..backends.cuda.storage import convert_on_device
+    from ..model.ops import OPS, apply_rope
 
     if device.kernels is None:
         return {"skipped": f"{device.name} has no fused kernels"}
@@ -187,7 +188,7 @@ GEMV_SHAPES = {"wqkv": (12288, 4096), "w13": (22016, 4096), "w2": (4096, 11008),
 
 def gemv_speed(device: Device, repeats: int = 30) -> dict:
     """Each storage's GEMV kernel on Llama-2-7B's product shapes, by rows per warp: time and fraction of copy bandwidth."""
-    from .weights import convert_on_device
+    from ..backends.cuda.storage import convert_on_device
 
     if device.kernels is None:
         return {"skipped": f"{device.name} has no fused kernels"}
@@ -290,7 +291,7 @@ def _launches(device: Device, step, n: int) -> dict | None:
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
         return None
-    from .cuda import StepGraph
+    from ..backends.cuda.graph import StepGraph
 
     graph = getattr(getattr(step, "model", None), "_graph", None)
     if graph is not None:
@@ -415,7 +416,7 @@ def bandwidth(device: Device, preset: str, dtypes: list[str], steps: int, copy_b
     if device.kernels is not None:  # the graph one step at a time; launched eagerly; CuPy's array functions
         runs += [(dtypes[0], device, "one at a time"), (dtypes[0], device, False),
                  (dtypes[0], dataclasses.replace(device, kernels=None), False)]
-    from .cuda import StepGraph
+    from ..backends.cuda.graph import StepGraph
 
     for dtype, dev, graphs in runs:
         model = Model(config, DeviceWeights(config, dev), max_seq_len=prompt_tokens + 64, dtype=dtype, device=dev,
@@ -454,7 +455,7 @@ def _numba_runs() -> bool:
     if fused.missing():
         return False
     try:
-        from .weights import HalfMatrix
+        from ..storage import HalfMatrix
 
         w = HalfMatrix(np.ones((8, 64), dtype=np.float16))
         return bool(np.allclose(fused.gemv(np.ones((1, 64), dtype=np.float32), w), 64))
@@ -545,7 +546,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lumi.gpucheck", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lumi.bench.gpucheck", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="cupy", choices=["cupy", "numpy"])
     p.add_argument("--assets", default=os.environ.get("LUMI_ASSETS", "../shared"))
     p.add_argument("--big", default="llama2-7B", help="preset for the bandwidth and offload runs")

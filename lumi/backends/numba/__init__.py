@@ -1,26 +1,25 @@
-"""Optional fused kernels (numba): decode's products in one pass over each weight row.
+"""The numba backend: decode's products and the rest of a one-token step in one pass (``--kernels numba``).
 
-The pure NumPy path (``weights.widened_matmul_t``) widens a cache-sized block
+The NumPy path (``backends.cpu.widened_matmul_t``) widens a cache-sized block
 of 16-bit or int8 rows into float32 and hands it to BLAS: the widening is a
-pass of its own that NumPy cannot fuse into the product, so bf16 lands near
-fp32's time although it reads half the bytes. Here numba compiles a
+pass of its own that NumPy cannot fuse into the product. Here numba compiles a
 matrix-vector product that reads each stored row once, widens each element in
 a register (bf16: shift into a float's high half; fp16: the CPU's own
-half-to-float conversion; int8: times its block's scale),
-accumulates in float32, and takes four rows per pass over the input vector.
-fp32 weights get the same four-row kernel. A one-token step (each layer's
-RMSNorm, products, RoPE, cache store, attention and SwiGLU, then the final norm
-and the classifier) is one numba call (``layers``), where NumPy takes dozens a
-layer; with its scratch and the other outputs passed in (``model.fused_ops``
-keeps them from step to step) a decode step allocates no array but its logits.
+half-to-float conversion; int8: times its block's scale), accumulates in
+float32, and takes four rows per pass over the input vector. fp32 weights get
+the same four-row kernel. A one-token step (each layer's RMSNorm, products,
+RoPE, cache store, attention and SwiGLU, then the final norm and the
+classifier) is one numba call (``layers``), where NumPy takes dozens a layer;
+with its scratch and the other outputs passed in (``ops`` keeps them from step
+to step) a decode step allocates no array but its logits.
 
 Only single-token products (decode) take this path; a prompt's products are
 matrix-matrix work, where BLAS sgemm on widened blocks is already near the
 machine's compute limit. The kernels run on numba's thread pool while BLAS is
 held at one thread (``one_pool``): two pools spinning on the same cores slow
-each other down 1.3-1.9x. numba is an optional extra (``lumi[fused]``); a run
-picks this path with ``--kernels numba`` (``kernels:`` in a bench config) and
-records it in the widening paths it reports.
+each other down. numba is an optional extra (``lumi[fused]``), imported only
+by ``kernels`` (on first use); this module is the Python side, importable
+without it.
 """
 
 from __future__ import annotations
@@ -29,12 +28,13 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .errors import UsageError
-from .weights import BLAS, QK, BlockQ8, HalfMatrix
+from ...errors import UsageError
+from ...storage import QK, BlockQ8, HalfMatrix
+from ..cpu import BLAS
+from .constants import PARALLEL_MIN_BYTES, PHASES  # noqa: F401 (read by profiles and tests)
 
 KERNELS = ("numpy", "numba")  # "numpy": the pure NumPy path, always present and the reference
 _BITS = {"bf16": np.uint16, "fp16": np.int16}  # the views that tell the kernels which 16-bit format they read
-PARALLEL_MIN_BYTES = 1 << 17  # smaller matrices run on the calling thread
 
 
 def missing() -> str | None:
@@ -111,12 +111,12 @@ _loaded = None
 
 
 def _kernels():
-    """``lumi.fused_kernels``, imported once, on first use (it needs numba)."""
+    """``lumi.backends.numba.kernels``, imported once, on first use (it needs numba)."""
     global _loaded
     if _loaded is None:
-        from . import fused_kernels
+        from . import kernels
 
-        _loaded = fused_kernels
+        _loaded = kernels
     return _loaded
 
 
@@ -182,7 +182,7 @@ def rmsnorm(x, w, eps, out=None):
 
 
 def layer_operands(layer) -> tuple | None:
-    """A ``model.Layer``'s weights as ``fused_kernels.layer`` takes them (attention_norm to s2); None when a weight
+    """A ``model.layers.Layer``'s weights as ``kernels.layer`` takes them (attention_norm to s2); None when a weight
     has no kernel or is not in the host's memory (the layer then runs op by op)."""
     products = [operands(w) for w in (layer.wqkv, layer.wo, layer.w13, layer.w2)]
     vectors = (layer.attention_norm, layer.ffn_norm) + (() if layer.bqkv is None else (layer.bqkv,))
@@ -222,9 +222,6 @@ def layer_scratch(config, max_seq_len: int) -> int:
             + min(threads(), c.n_heads) * max_seq_len)
 
 
-PHASES = ("norm", "matmul", "rope", "cache", "attention", "activation")  # the kinds the layer kernel's clock times
-
-
 def cycle_counter():
     """The counter the layer kernel's clock reads, as a function (CPU cycles; x86: rdtsc), loaded: its first call
     compiles it or reads numba's cache, which must not fall inside a measured interval."""
@@ -249,13 +246,12 @@ def layers(x, kvs: tuple, pos: int, stack: tuple, constants: tuple, scratch, clo
            logits=NO_BIAS) -> bool:
     """Consecutive transformer blocks for one token x (1, d), the residual stream, updated in place, in one call:
     ``stack`` each block's ``layer_operands``, ``kvs`` its cache (2, Hkv, S, hd), written at ``pos``;
-    ``constants`` from ``model_constants``. A call costs a few microseconds, but each return to the interpreter
-    after products have streamed megabytes costs tens (its code and data come back from memory): one call a
-    step instead of one a layer took decode steps at 2 threads to 0.93x (stories15M), 0.97x (stories110M) and
-    0.95x (tinyllama-1.1B bf16). ``stack`` from ``layer_run``. With ``head`` (``head_operands``) and ``logits``
+    ``constants`` from ``model_constants``. One call a step, not one a layer: each return to the interpreter
+    after products have streamed megabytes is slow (its code and data come back from memory).
+    ``stack`` from ``layer_run``. With ``head`` (``head_operands``) and ``logits``
     (V,) the same call ends with the final norm and the classifier into ``logits``: the whole step.
     False (nothing run) when x or a cache is not a host float32 array the kernel reads. ``clock`` (2 x
-    len(PHASES) int64): each kind's cycles, then its calls, added to (``profile``)."""
+    len(PHASES) int64): each kind's cycles, then its calls, added to (``lumi.bench.profile``)."""
     if not (_one_token(x) and x.ndim == 2 and x.flags.c_contiguous and len(kvs) == len(stack) > 0
             and all(isinstance(kv, np.ndarray) and kv.dtype == np.float32 and kv.flags.c_contiguous for kv in kvs)):
         return False

@@ -16,9 +16,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from . import fused
-from .model import OPS, Model
-from .sampler import SamplingParams, sample
+from ..backends import numba as fused
+from ..model import Model
+from ..model.ops import OPS
+from ..sampler import SamplingParams, sample
 
 FUSED = ("block", "step")  # fused calls, which time their operations themselves (``fused.layers``'s clock)
 KINDS = (*(kind for kind in OPS if kind not in FUSED), "sampling", "python")

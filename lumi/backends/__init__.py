@@ -1,18 +1,27 @@
-"""Where arrays live: the CPU (NumPy) or a GPU (CuPy), and which layers go where.
+"""Where arrays live and which kernels run on them: the CPU (NumPy, optionally numba) or a GPU (CuPy).
 
 A ``Device`` bundles an array module with the two copies that cross its
-boundary. The model takes one explicitly (never ``np = cupy``); CuPy is
-imported only when asked for.
+boundary and, on a GPU, lumi's kernels. The model takes one explicitly (never
+``np = cupy``) and asks each backend for its op table (the operations of
+``lumi.model.ops.OPS``, in the same signatures):
+
+- ``cpu``: NumPy and BLAS; 16-bit and int8 products widened a block at a time,
+  split over threads; the BLAS pool's thread count;
+- ``numba``: fused one-pass kernels for a one-token step (``--kernels numba``);
+- ``cuda``: lumi's CUDA kernels, page-locked staging, CUDA graphs.
+
+CuPy and numba are imported only when asked for.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 @dataclass(frozen=True, eq=False)
@@ -22,8 +31,8 @@ class Device:
     to_device: Callable  # host ndarray -> array on this device
     to_host: Callable  # array on this device -> host ndarray
     host_memory: bool = False  # its arrays are NumPy arrays in host memory (the CPU, or a stand-in for tests)
-    kernels: object = None  # fused kernels for a one-token step on this device (``cuda.Kernels``), or None
-    staging: object = None  # page-locked buffers for activations crossing to and from the host (``cuda.Staging``)
+    kernels: object = None  # lumi's kernels for this device's steps (``cuda.kernels.Kernels``), or None
+    staging: object = None  # page-locked buffers for activations crossing to and from the host (``cuda.staging``)
 
 
 CPU = Device("cpu", np, np.asarray, np.asarray, host_memory=True)
@@ -32,8 +41,8 @@ CPU = Device("cpu", np, np.asarray, np.asarray, host_memory=True)
 def cupy_device(fused: bool = True) -> Device:
     """The current CUDA device through CuPy, or a one-line error saying what is missing.
 
-    ``fused``: decode steps run lumi's own kernels (``cuda.py``); False composes
-    them from CuPy's array functions alone, as a reference to compare against.
+    ``fused``: decode steps run lumi's own kernels (``cuda.kernels``); False
+    composes them from CuPy's array functions alone, as a reference to compare against.
     """
     try:
         import cupy
@@ -46,7 +55,8 @@ def cupy_device(fused: bool = True) -> Device:
         raise UsageError("--backend", f"cupy: CuPy is installed but CUDA is not usable ({error})") from None
     if count == 0:
         raise UsageError("--backend", "cupy: CuPy is installed but no CUDA GPU is visible")
-    from .cuda import Kernels, Staging
+    from .cuda.kernels import Kernels
+    from .cuda.staging import Staging
 
     return Device(f"cuda:{cupy.cuda.runtime.getDevice()}", cupy, cupy.asarray, cupy.asnumpy,
                   kernels=Kernels(cupy) if fused else None, staging=Staging(cupy))
@@ -74,15 +84,18 @@ def get_device(backend: str) -> Device:
     raise UsageError("--backend", f"must be numpy or cupy, got {backend!r}")
 
 
+ALL_LAYERS = -1  # ``gpu_layers``'s default everywhere: every layer and the head on the device
+
+
 def placement(n_layers: int, gpu_layers: int) -> tuple[list[bool], bool]:
     """(per layer: on the device?, head on the device?) for ``--gpu-layers``.
 
     0: everything on the CPU; N: the first N transformer layers on the device, with the
-    embedding, final norm and classifier on the CPU; -1: all layers and the head.
+    embedding, final norm and classifier on the CPU; ``ALL_LAYERS`` (-1): all layers and the head.
     """
-    if gpu_layers < -1 or gpu_layers > n_layers:
+    if gpu_layers < ALL_LAYERS or gpu_layers > n_layers:
         raise UsageError("--gpu-layers", f"must be -1 (all), 0 (none) or 1..{n_layers} layers, got {gpu_layers}")
-    if gpu_layers == -1:
+    if gpu_layers == ALL_LAYERS:
         return [True] * n_layers, True
     return [i < gpu_layers for i in range(n_layers)], False
 
@@ -96,3 +109,33 @@ def memory_stats(device: Device) -> dict | None:
     free, total = xp.cuda.runtime.memGetInfo()
     return {"pool_used_bytes": pool.used_bytes(), "pool_held_bytes": pool.total_bytes(), "device_free_bytes": free,
             "device_total_bytes": total}
+
+
+class Ranges:
+    """NVTX ranges (``cupy.cuda.nvtx``) around each step and layer, for Nsight Systems and other profilers.
+
+    On with ``LUMI_NVTX=1`` (or ``Model(nvtx=True)``): each costs a few
+    microseconds of host time, so it stays off when not profiling. A step
+    replayed as a CUDA graph shows one range per replay, not per layer.
+    """
+
+    def __init__(self, nvtx):
+        self.nvtx = nvtx
+
+    @contextmanager
+    def __call__(self, label: str, value):
+        self.nvtx.RangePush(f"{label} {value}")
+        try:
+            yield
+        finally:
+            self.nvtx.RangePop()
+
+
+NO_RANGE = nullcontext()
+
+
+def ranges(device, enabled: bool):
+    """A ``(label, value) -> context manager`` marking NVTX ranges on ``device``'s profiler timeline; a no-op
+    elsewhere. The name is formatted only when ranges are on: nothing is built per layer and token otherwise."""
+    nvtx = getattr(getattr(device.xp, "cuda", None), "nvtx", None)
+    return Ranges(nvtx) if enabled and nvtx is not None else lambda label, value: NO_RANGE

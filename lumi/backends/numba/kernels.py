@@ -1,4 +1,4 @@
-"""The numba kernels behind ``lumi.fused`` (imported only when numba is installed).
+"""The numba kernels behind ``lumi.backends.numba`` (imported only when numba is installed).
 
 ``product(w, x, out, shares)``: out = w @ x for one token, w's rows split into
 ``shares`` contiguous parts over numba's threads (``matvec`` picks it, the int8
@@ -15,7 +15,7 @@ no Python between them; ``layers`` runs a model's consecutive blocks in one call
 then its final norm and classifier when given them: a whole decode step.
 
 Every function lives at module level so numba's on-disk cache (``cache=True``)
-finds it again: closures were compiled afresh in every process (about 1 s each).
+finds it again: closures would be compiled afresh in every process.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 
-import numba  # noqa: F401  (fused.py reads numba.get_num_threads through this module)
+import numba  # noqa: F401  (the package's Python side reads numba.get_num_threads through this module)
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -31,10 +31,10 @@ from numba.core import cgutils
 from numba.core.errors import NumbaPerformanceWarning
 from numba.extending import intrinsic, overload
 
-from .fused import PARALLEL_MIN_BYTES, PHASES
-from .weights import QK  # the int8 block length: a compile-time constant here, so LLVM unrolls the block loop
+from ...storage import QK  # the int8 block length: a compile-time constant here, so LLVM unrolls the block loop
+from .constants import PARALLEL_MIN_BYTES, PHASES
 
-Q8_PREFETCH = 768  # bytes ahead of the int8 kernel's rows (256, 512 and 1024 measured slower)
+Q8_PREFETCH = 768  # bytes ahead of the int8 kernel's rows (the best of those measured: docs/kernels-cpu.md)
 ATTEND_AHEAD = 8  # cache rows (positions) ahead of attention's loops
 
 
