@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 
 from ...storage import BlockQ8, HalfMatrix
-from .. import CPU
+from ..device import CPU
 from .. import numba as fused  # this backend's Python side (not the numba library)
 
 F32 = np.float32
