@@ -65,7 +65,7 @@ def choose(logits, params: SamplingParams, rng: np.random.Generator, xp=np):
             order = candidates[np.argsort(-z[candidates], kind="stable")]
         else:
             order = xp.argsort(-xp.where(low, F32(-np.inf), z))  # CuPy's sort is stable
-    elif xp is np and k < V:  # on the host, partition before sorting: the k best of 32000 in 0.1 ms, not 2
+    elif xp is np and k < V:  # on the host, partition before sorting: O(V) to find the k best, then a sort of k
         candidates = np.argpartition(z, -k)[-k:]
         order = candidates[np.argsort(-z[candidates], kind="stable")]
     else:

@@ -73,8 +73,8 @@ class BlockQ8:
     def matvec_rows(self, x: np.ndarray, r0: int, r1: int, out: np.ndarray) -> None:
         """out (r1 - r0,) = w[r0:r1] @ x for one token x (in,): each block's sum of int8 times x through
         einsum's buffered cast, then the sums times their scales, BLOCK_BYTES of sums at a time (they stay in
-        L2). On 4096-wide rows that is 2 calls per 1024 rows, where widened blocks took 96 (3 per 32 rows), and
-        far fewer GIL hand-offs: tinyllama-1.1B int8 decode 0.66x at 1 thread, 0.60x at 2."""
+        L2): a couple of calls per thousand rows, where widened blocks take three calls every 32 rows, and so
+        far fewer GIL hand-offs."""
         n_blocks = self.scales.shape[1]
         xb = x.reshape(n_blocks, -1)
         step = max(1, BLOCK_BYTES // (4 * n_blocks))
@@ -135,7 +135,7 @@ class HalfMatrix:
     """A float16 or bfloat16 matrix (out, in), widened to float32 a block of rows at a time.
 
     bf16: ml_dtypes' cast (one token: inside einsum, ``matvec_rows``). fp16:
-    NumPy's own cast is slow (about 4.5x an fp32 product here), so finite
+    NumPy's own cast converts one element at a time (several fp32 products' time), so finite
     tensors take a bit path: sign-extend the half's bits into an int32 shifted
     left by 13, mask off the extension, and multiply by 2^112 (exact for
     normals, subnormals and signed zeros). A tensor holding Inf or NaN keeps
@@ -170,9 +170,8 @@ class HalfMatrix:
     def matvec_rows(self, x: np.ndarray, r0: int, r1: int, out: np.ndarray) -> None:
         """bf16: out (r1 - r0,) = w[r0:r1] @ x for one token x (in,), one einsum call. Its iterator casts 8192
         elements at a time (ml_dtypes' cast) into a buffer that stays in L1 and multiplies them there, with the
-        GIL released for the whole range. On 11264x2048 at 2 threads the block loop took 1.81x the fp32
-        product's time (its short calls hand the GIL back and forth, each hand-off costing about a call), the
-        einsum 1.26x (1.21x against 1.20x at 1 thread)."""
+        GIL released for the whole range, where a loop of widened blocks makes short calls that hand the GIL
+        back and forth (each hand-off costing about as much as a call)."""
         np.einsum("k,rk->r", x, self.a[r0:r1], out=out, dtype=np.float32, casting="unsafe")
 
     def rows(self, index) -> np.ndarray:
@@ -219,9 +218,9 @@ def _adjacent(parts: list[np.ndarray]) -> np.ndarray | None:
 def resident(w):
     """``w`` with its arrays in the process's own memory: a copy of whatever lives in a file map.
 
-    Streaming weights through a file map's 4 KiB page-cache pages decoded
-    tinyllama-1.1B 30% slower at 2 threads (214 vs 150 ms/token) than the same
-    weights in anonymous memory, which NumPy backs with transparent huge pages.
+    Streaming weights through a file map's 4 KiB page-cache pages decodes
+    markedly slower than the same weights in anonymous memory, which NumPy backs
+    with transparent huge pages (docs/performance.md).
     """
     if isinstance(w, BlockQ8):
         return BlockQ8(resident(w.q), resident(w.scales))

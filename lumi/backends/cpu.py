@@ -77,11 +77,12 @@ class _Blas:
     def park(self) -> bool:
         """Put the BLAS pool's idle threads to rest now; False where the library offers no way to.
 
-        OpenBLAS's threads spin for about 0.1 s after each threaded call. Another
-        pool starting in that window (numba's, in ``fused``) loses whole time slices
-        to them: a 16 us product took 3-7 ms. OpenBLAS (pthreads builds) exports
-        ``blas_thread_shutdown_``, which its own fork handler calls: the threads exit
-        and are started again by its next threaded call (about 0.6 ms, once). A
+        OpenBLAS's threads spin for a while after each threaded call. Another pool
+        starting in that window (numba's, ``backends.numba.one_pool``) loses whole
+        time slices to them, a microsecond product taking milliseconds. OpenBLAS
+        (pthreads builds) exports ``blas_thread_shutdown_``, which its own fork
+        handler calls: the threads exit and are started again by its next threaded
+        call (once, a fraction of a millisecond). A
         no-op when they are already gone. Not for use while another thread is in BLAS.
         """
         if self._parkers is None:
@@ -114,12 +115,8 @@ def widened_matmul_t(x: np.ndarray, w) -> np.ndarray:
     big matrix (``splits_rows``), n Python threads each take a share of the rows
     (every widening path releases the GIL) while BLAS is held at one thread: one
     active pool at a time, since two pools spinning on the same cores slow each
-    other down. At 2 threads on 11008x4096 this took fp16 from 3.75x to 2.93x the
-    fp32 product and int8 from 3.99x to 2.63x.
-    A prompt's product (T > 1) is sgemm on wide blocks, where BLAS's own threads
-    do better: at T = 128 on tinyllama's shapes, 2 threads, split against whole
-    took 1.47x against 1.25x the fp32 products' time in bf16, 1.61x against
-    1.51x in int8, 1.64x against 1.69x in fp16.
+    other down. A prompt's product (T > 1) is sgemm on wide blocks, where BLAS's
+    own threads do better than a split. Figures: docs/performance.md.
     """
     rows = w.shape[0]
     out = np.empty((x.shape[0], rows), dtype=np.float32)

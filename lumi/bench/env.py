@@ -17,8 +17,8 @@ from .. import __version__
 GEMV_SHAPE = (11008, 4096)  # Llama-2-7B's FFN: 180 MB of float32
 # The GEMVs cycle through this many distinct matrices (1.4 GB), as a decode step streams weights that 1 GB and
 # more of others have passed through since it last read them. One matrix read again and again stays partly in a
-# large last-level cache (this 2-core VM reports 480 MiB of L3) and measured 17-22% more than the cycle (16.4 /
-# 30.4 GB/s at 1 / 2 threads against 14.0 / 25.8): a floor no model's decode could reach.
+# large last-level cache (some VMs report hundreds of MiB of L3) and reads faster than streaming can: a floor
+# no model's decode could reach.
 GEMV_MATRICES = 8
 SGEMM_TOKENS = 128  # a prompt's rows against 4096 x 4096 of that matrix: the prefill's floor
 
@@ -86,9 +86,8 @@ def measure_bandwidth(threads: int | None, repeats: int = 60, sgemm_repeats: int
     vector, after two untimed ones, each product on the next of ``GEMV_MATRICES``
     distinct matrices. sgemm: median over ``sgemm_repeats`` products of
     ``SGEMM_TOKENS`` x 4096 rows by 4096 x 4096 of the first matrix, after one untimed.
-    A median of 15 products (0.1 s at 2 threads) moved 11% over five measurements on this
-    shared box (26.0-29.0 GB/s), more than the decode steps it divides; 60 moved 2% (27.7-28.3)
-    for 0.3 s more.
+    ``repeats`` is 60 because a median of 15 moved more between measurements on a shared
+    machine than the decode steps it divides (docs/performance.md).
     """
     from ..backends.cpu import applied_threads, thread_limit
 

@@ -32,8 +32,8 @@ def linear(x, w, residual=None):
 
     Rows of ``w`` are the dot products the product streams through; BLAS takes
     the transposed view as a flag, with no copy. A weight that is not
-    C-contiguous here (a transposed view of an (in, out) array, the seed's 7x
-    slowdown) is a bug, and the layout test catches it. 16-bit and int8
+    C-contiguous here (a transposed view of an (in, out) array, the slowdown the
+    seed found) is a bug, and the layout test catches it. 16-bit and int8
     weights are widened a block of rows at a time (``backends.cpu.widened_matmul_t``
     on the host, ``DeviceMatrix.matmul_t`` on a GPU).
     ``residual`` (T, out) is the residual stream: the product is added into it

@@ -72,7 +72,7 @@ __device__ __forceinline__ Chunk<KIND> load_x(const float* __restrict__ x, int i
 }
 
 // Four int8 weights (one 32-bit word) times x. The integer-to-float conversion runs at a quarter of the FMA rate
-// and bound int8's product (49% of copy bandwidth on an H200), so each byte is widened with full-rate
+// and bound int8's product (well short of the copy bandwidth), so each byte is widened with full-rate
 // instructions instead: flipping its sign bit makes it b + 128 as an unsigned byte; a byte permute places that
 // as the low mantissa byte of 2^23 (0x4B0000bb is the float 2^23 + b + 128, exactly), and one subtraction
 // leaves b, exactly as the conversion would.

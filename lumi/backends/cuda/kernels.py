@@ -57,13 +57,12 @@ WIDE_MEMORY = 4e12  # bytes/s: an H200's HBM3e (4.9 TB/s) is above, an H100 SXM'
 def rows_per_warp(storage: str, rows: int, memory_bytes_per_s: float = 0.0) -> int:
     """Rows each warp of a product takes (each load of x then serves them all): 1, 2 or 4.
 
-    Measured with ``gpucheck``'s gemv section on Llama-2-7B's shapes. int8 is
-    bound by its arithmetic and gains from two rows everywhere (H100: 61-87%
-    of copy bandwidth against 57-63%). 16-bit weights gain from two rows only
-    where the memory is fast enough to need more loads in flight per warp, and
-    the product has the rows to fill the card twice over: on an H200, w13 and
-    wqkv reach 89-96% against 86-90%; on an H100, one row is better everywhere
-    (w13 97% against 95%), as it is for w2 (4096 rows) on both. float32 keeps one.
+    Chosen from ``lumi.bench.gpucheck``'s gemv section on Llama-2-7B's shapes
+    (docs/performance.md). int8 is bound by its arithmetic and gains from two
+    rows everywhere. 16-bit weights gain from two rows only where the memory is
+    fast enough to need more loads in flight per warp (``WIDE_MEMORY``) and the
+    product has the rows to fill the card twice over; elsewhere, and for w2's
+    4096 rows, one row is better. float32 keeps one.
     """
     if storage == "int8":
         return 2
@@ -307,10 +306,9 @@ class Kernels:
         The cache's length S (not the live context, which only the device
         knows) sets the split: ceil(S / ATTEND_CHUNK) blocks a head, at most
         MAX_ATTEND_SPLITS; ``splits`` forces a number (up to that). Chunks past
-        the live context return at once. Measured on an H100 (7B fp16, CUDA
-        graph, a 4096-position cache), chunks of 256 / 128 / 64 positions gave
-        5.93 / 5.83 / 5.58 ms a token at context 160 and 6.37 / 5.98 / 5.90 at
-        1024, and one block a head took 480 us a layer at 4096, split 60 us.
+        the live context return at once. ATTEND_CHUNK is the shortest chunk
+        measured and the fastest at short and long contexts alike; one block a
+        head is several times slower on a long context (docs/performance.md).
         """
         _, H, hd = q.shape
         n_kv, S, _ = k.shape

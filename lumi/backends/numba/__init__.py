@@ -106,7 +106,7 @@ def gemv(x, w, out=None, add: bool = False):
     return out
 
 
-_shares = None  # numba's thread count inside ``one_pool``: asking numba for it costs 1 us a product
+_shares = None  # numba's thread count inside ``one_pool``, kept: asking numba for it is a call per product
 _loaded = None
 
 

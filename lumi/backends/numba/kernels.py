@@ -161,7 +161,7 @@ def _f32_from_f16_bits(typingctx, bits):
     LLVM's half-to-float extension, which x86 with F16C does in hardware
     (vcvtph2ps) and vectorizes. A bit trick (shift by 13, times 2^112) went
     through a float32 subnormal for every fp16 subnormal, each a microcode
-    assist: 3x slower on small weights.
+    assist, which made small weights several times slower.
     """
 
     def codegen(context, builder, signature, args):
@@ -195,7 +195,7 @@ def rows(w, x, out, r0, r1, add):
     (kept in L1).
 
     Plain loops over whole rows: fastmath lets LLVM vectorize the sums (a loop
-    over scale blocks instead fell back to gathers, 2-3x slower).
+    over scale blocks instead fell back to gathers, several times slower).
     """
     cols = w.shape[1]
     r = r0
@@ -228,8 +228,8 @@ def product(w, x, out, shares, add):
 @njit(nogil=True, fastmath=True, cache=True)
 def q8_rows(q, scales, x, out, r0, r1, add):
     """out[r] = sum_b scales[r, b] * sum_j q[r, b*QK + j] * x[b*QK + j] for r0 <= r < r1, four rows at a time
-    (``_q8_dot4``; measured on 11264x2048: 7.9 -> 9.0 GB/s of int8 at one thread, 16.4 -> 19.1 at two, against
-    the loops it replaced), the last rows of the share with plain loops."""
+    (``_q8_dot4``, faster than numba's loops, which sum across the vector every block), the last rows of the
+    share with plain loops."""
     n_blocks = scales.shape[1]
     q_base, q_stride = q.ctypes.data, q.strides[0]
     s_base, s_stride = scales.ctypes.data, scales.strides[0]
@@ -261,7 +261,7 @@ def q8_product(q, scales, x, out, shares, add):
 def matvec(w, scales, x, out, shares, add):
     """out = w @ x (``add``: out += w @ x) for one token: int8 weights (``scales``: their blocks') through
     ``q8_rows``, the others through ``rows``; over ``shares`` of numba's threads when w is big enough to be worth
-    starting the pool (about 5 us), else on the calling thread."""
+    starting the pool (a few microseconds), else on the calling thread."""
     raise NotImplementedError  # only called from compiled code, through the overload below
 
 
@@ -292,9 +292,8 @@ def gemv(w, scales, x, out, shares, add):
 
 
 # -- the rest of a decode step: one call each where NumPy takes five to ten ----------------------------------
-# For one token these are microseconds of work behind tens of microseconds of NumPy calls (stories15M at two
-# threads: attention, norms and RoPE took a quarter of the step). Each matches its NumPy operation in ``model``
-# up to float32 summation order and the last bit of exp.
+# For one token these are microseconds of work behind tens of microseconds of NumPy calls on a small model. Each
+# matches its operation in ``lumi.model.ops`` up to float32 summation order and the last bit of exp.
 
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -458,9 +457,9 @@ def _tick(clock, phase, t0):
 def layer(x, kv, pos, shares, scratch, clock, attention_norm, ffn_norm, wqkv, sqkv, bqkv, wo, so, w13, s13, w2, s2,
           cos, sin, interleaved, n_heads, eps):
     """One transformer block for one token at ``pos``, x (d,) the residual stream, updated in place; kv (2, Hkv, S,
-    hd) the layer's cache, written at ``pos``. The operations and order of ``model.Model._hidden``'s loop, each a
-    kernel above, in one call with no Python between them (after a product streams megabytes, each return to the
-    interpreter costs tens of microseconds here). ``scratch``: ``fused.layer_scratch`` floats, checked.
+    hd) the layer's cache, written at ``pos``. The operations and order of ``lumi.model.transformer.Model._block``,
+    each a kernel above, in one call with no Python between them (after a product streams megabytes, each return
+    to the interpreter is a cold start). ``scratch``: ``layer_scratch`` floats, checked.
 
     Weights as ``matvec`` reads them (w, scales: an empty scales for a float weight); bqkv empty when the model has
     no bias. ``clock`` (2 x len(PHASES) int64, added to) gets each kind of operation's cycles, then its calls;
