@@ -231,7 +231,7 @@ class Model:
 
         With numba kernels the products run on numba's threads while BLAS, left with
         attention's small products, is held at one thread and its pool parked: one
-        active pool at a time. Handing the cores over costs about 60 us, so a
+        active pool at a time. Handing the cores over is not free, so a
         generation does it once for all its steps, not per step.
         """
         if self.kernels != "numba" or self._decoding:
@@ -290,6 +290,7 @@ class Model:
         here = self.head  # where x lives: activations cross a device boundary once per boundary per step
         x = self.ops.embed(self.tok_embeddings, tokens if tokens_on_device else here.to_device(tokens))  # (T, d)
         fused_to = 0  # the layers before this one ran in one call of their backend
+        held = None  # the last block's temporaries (see ``_block``)
         for i, layer in enumerate(self.layers):
             if i < fused_to:
                 continue
@@ -301,7 +302,7 @@ class Model:
                 if ran:
                     fused_to = i + ran
                     continue
-                x = self._block(ops, i, x, start_pos)
+                x, held = self._block(ops, i, x, start_pos)
         for position in self.positions.values():  # the device copies move on with the step (a prompt: set once)
             position.advance() if T == 1 else position.at(start_pos + T)
         if here is not self.head:
@@ -309,7 +310,13 @@ class Model:
         return self._ops(self.head, T).norm(x, self.norm, self.eps, self.head.xp)
 
     def _block(self, ops, i: int, x, start_pos: int):
-        """Layer i's transformer block over x (T, d), the residual stream at start_pos.., updated in place."""
+        """Layer i's transformer block over x (T, d), the residual stream at start_pos.., updated in place.
+
+        Returns x and the block's two largest temporaries (the normed input and qkv), which the caller holds
+        until the next block has made its own: freed together at the end of a prompt's block, they leave the
+        heap's top free and glibc hands it back to the kernel, so every layer faulted the same pages in
+        again (three times the page faults of a prompt).
+        """
         c, layer = self.config, self.layers[i]
         T, H, Hkv, hd = len(x), c.n_heads, c.n_kv_heads, c.head_dim
         xp = layer.device.xp
@@ -323,5 +330,6 @@ class Model:
         keys, values = ops.cache(self.cache, i, start_pos, kv)  # (Hkv, L, hd) each
         q = qkv[:, : H * hd].reshape(T, H, hd)
         x = ops.matmul(ops.attention(q, keys, values, start_pos, xp), layer.wo, x)  # x += attention @ wo.T
-        h = ops.norm(x, layer.ffn_norm, self.eps, xp)
-        return ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2, x)  # x += ffn
+        normed = ops.norm(x, layer.ffn_norm, self.eps, xp)
+        x = ops.matmul(ops.activation(ops.matmul(normed, layer.w13), c.hidden_dim, xp), layer.w2, x)  # x += ffn
+        return x, (normed, qkv)
