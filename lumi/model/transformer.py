@@ -1,14 +1,14 @@
 """The Llama transformer: ``Model`` holds the config, the placed weights and the KV cache, and runs them.
 
 ``forward`` / ``prefill`` / ``next_token`` run T tokens from ``start_pos``
-through ``_hidden``: the embedding, then each layer's block (``_block``: norm,
+through ``_hidden``: the embedding, then each layer's block (norm,
 qkv, RoPE, cache, attention, wo, norm, gate/up, SwiGLU, w2, the residual added
 in place), then the final norm, and the classifier. Every operation is looked
 up in the op table of the layer's device (``_ops``): the reference operations
 (``ops.OPS``), or a backend's (``lumi.backends``: numba's for the host with
 ``--kernels numba``, lumi's CUDA kernels on a GPU), in the same signatures. A
 backend may run a run of layers in one call (its ``block``) or the whole
-one-token step (its ``step``); the model falls back to ``_block`` where it
+one-token step (its ``step``); the model runs the block op by op where it
 declines.
 
 Shapes: T tokens in this call, d = dim, H / Hkv query / key-value heads,
@@ -282,54 +282,48 @@ class Model:
 
     def _hidden(self, tokens, start_pos: int, tokens_on_device: bool = False):
         """Final-normed hidden states (T, d) for tokens (``_enter``'s) at start_pos.. (on the head's device when
-        ``tokens_on_device``)."""
-        T = len(tokens)
+        ``tokens_on_device``): the embedding, each layer's block, the final norm.
+
+        The blocks are written out in this loop, not in a method per block: a prompt's temporaries then live
+        until the next block replaces them one by one. Freed together at a block's end, glibc trims the
+        heap's top back to the kernel and every layer faults the same pages in again (twice the page faults
+        of a prompt, docs/performance.md).
+        """
+        c = self.config
+        T, H, Hkv, hd = len(tokens), c.n_heads, c.n_kv_heads, c.head_dim
         if T == 1:
             for position in self.positions.values():
                 position.at(start_pos)
         here = self.head  # where x lives: activations cross a device boundary once per boundary per step
         x = self.ops.embed(self.tok_embeddings, tokens if tokens_on_device else here.to_device(tokens))  # (T, d)
         fused_to = 0  # the layers before this one ran in one call of their backend
-        held = None  # the last block's temporaries (see ``_block``)
         for i, layer in enumerate(self.layers):
             if i < fused_to:
                 continue
             with self._range("layer", i):
-                ops = self._ops(layer.device, T)
-                if layer.device is not here:
-                    x, here = cross(x, here, layer.device), layer.device
-                ran = ops.block(x, i, start_pos)  # x += layers i .. i + ran - 1, in one call (0: declined)
+                dev, xp = layer.device, layer.device.xp
+                ops = self._ops(dev, T)
+                if dev is not here:
+                    x, here = cross(x, here, dev), dev
+                ran = ops.block(x, i, start_pos)  # x += layers i .. i + ran - 1 in one call (0: declined)
                 if ran:
                     fused_to = i + ran
                     continue
-                x, held = self._block(ops, i, x, start_pos)
+                # the transformer block: x += attention(norm(x)); x += ffn(norm(x)), the residual added in place
+                h = ops.norm(x, layer.attention_norm, self.eps, xp)
+                qkv = ops.matmul(h, layer.wqkv)  # (T, (H + 2 Hkv) hd)
+                if layer.bqkv is not None:
+                    qkv += layer.bqkv
+                qk = qkv[:, : (H + Hkv) * hd].reshape(T, H + Hkv, hd)
+                ops.rope(qk, *self.rope[dev], start_pos, c.rope_layout)  # q and k at once, in place
+                kv = qkv[:, H * hd :].reshape(T, 2, Hkv, hd)
+                keys, values = ops.cache(self.cache, i, start_pos, kv)  # (Hkv, L, hd) each
+                q = qkv[:, : H * hd].reshape(T, H, hd)
+                x = ops.matmul(ops.attention(q, keys, values, start_pos, xp), layer.wo, x)  # x += attention @ wo.T
+                h = ops.norm(x, layer.ffn_norm, self.eps, xp)
+                x = ops.matmul(ops.activation(ops.matmul(h, layer.w13), c.hidden_dim, xp), layer.w2, x)  # x += ffn
         for position in self.positions.values():  # the device copies move on with the step (a prompt: set once)
             position.advance() if T == 1 else position.at(start_pos + T)
         if here is not self.head:
             x = cross(x, here, self.head)
         return self._ops(self.head, T).norm(x, self.norm, self.eps, self.head.xp)
-
-    def _block(self, ops, i: int, x, start_pos: int):
-        """Layer i's transformer block over x (T, d), the residual stream at start_pos.., updated in place.
-
-        Returns x and the block's two largest temporaries (the normed input and qkv), which the caller holds
-        until the next block has made its own: freed together at the end of a prompt's block, they leave the
-        heap's top free and glibc hands it back to the kernel, so every layer faulted the same pages in
-        again (three times the page faults of a prompt).
-        """
-        c, layer = self.config, self.layers[i]
-        T, H, Hkv, hd = len(x), c.n_heads, c.n_kv_heads, c.head_dim
-        xp = layer.device.xp
-        h = ops.norm(x, layer.attention_norm, self.eps, xp)
-        qkv = ops.matmul(h, layer.wqkv)  # (T, (H + 2 Hkv) hd)
-        if layer.bqkv is not None:
-            qkv += layer.bqkv
-        qk = qkv[:, : (H + Hkv) * hd].reshape(T, H + Hkv, hd)
-        ops.rope(qk, *self.rope[layer.device], start_pos, c.rope_layout)  # q and k at once, in place
-        kv = qkv[:, H * hd :].reshape(T, 2, Hkv, hd)
-        keys, values = ops.cache(self.cache, i, start_pos, kv)  # (Hkv, L, hd) each
-        q = qkv[:, : H * hd].reshape(T, H, hd)
-        x = ops.matmul(ops.attention(q, keys, values, start_pos, xp), layer.wo, x)  # x += attention @ wo.T
-        normed = ops.norm(x, layer.ffn_norm, self.eps, xp)
-        x = ops.matmul(ops.activation(ops.matmul(normed, layer.w13), c.hidden_dim, xp), layer.w2, x)  # x += ffn
-        return x, (normed, qkv)

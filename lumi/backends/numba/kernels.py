@@ -457,9 +457,9 @@ def _tick(clock, phase, t0):
 def layer(x, kv, pos, shares, scratch, clock, attention_norm, ffn_norm, wqkv, sqkv, bqkv, wo, so, w13, s13, w2, s2,
           cos, sin, interleaved, n_heads, eps):
     """One transformer block for one token at ``pos``, x (d,) the residual stream, updated in place; kv (2, Hkv, S,
-    hd) the layer's cache, written at ``pos``. The operations and order of ``lumi.model.transformer.Model._block``,
-    each a kernel above, in one call with no Python between them (after a product streams megabytes, each return
-    to the interpreter is a cold start). ``scratch``: ``layer_scratch`` floats, checked.
+    hd) the layer's cache, written at ``pos``. The operations and order of the block in
+    ``lumi.model.transformer.Model._hidden``, each a kernel above, in one call with no Python between them (after a
+    product streams megabytes, each return to the interpreter is a cold start). ``scratch``: ``layer_scratch`` floats, checked.
 
     Weights as ``matvec`` reads them (w, scales: an empty scales for a float weight); bqkv empty when the model has
     no bias. ``clock`` (2 x len(PHASES) int64, added to) gets each kind of operation's cycles, then its calls;
