@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 
 from . import __version__
 from .chat import TEMPLATES
@@ -313,19 +314,40 @@ def _run_bench(args) -> int:
 
 
 def _add_regress(sub) -> None:
-    p = sub.add_parser("regress", help="fail when HEAD is slower than BASE (asv samples, per-config tolerance)",
-                       description="Compare two asv result files, or measure two commits (interleaved, into a "
-                                   "scratch directory) and compare them. Exit 1 on a regression, 0 when all hold.")
-    p.add_argument("base", metavar="BASE", help="asv result file (results/<machine>/<commit>-<env>.json) or a commit")
-    p.add_argument("head", metavar="HEAD", help="asv result file or a commit")
-    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown (e.g. $GITHUB_STEP_SUMMARY)")
+    p = sub.add_parser(
+        "regress", help="the regression gate: is HEAD slower, wrong or heavier than BASE?",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill("Measure two commits side by side (git worktrees under .lumi-regress/, a fresh process per "
+                    "sample, rounds of base, head, head, base; at least 2 rounds, then until every metric is "
+                    "decided or the budget is spent) and decide from the 95% Hodges-Lehmann interval of "
+                    "head/base seconds per token (> 1: head is slower) against each config's tolerance (its YAML's, 0.10 when "
+                    "unset). Beside "
+                    "time: allocations, float64 operations and host reads per decode step, weight bytes per "
+                    "storage kind, and the greedy ids. Needs git and nothing beyond lumi's own dependencies "
+                    "(numba for a numba config). Or compare two asv result files (lumi[bench]).", 100),
+        epilog="verdicts and exit statuses:\n"
+               "  0  ok            every interval at or below 1 + tolerance, no counter grew\n"
+               "  1  regressed     an interval wholly above 1 + tolerance\n"
+               "  2  usage         bad input: an unknown commit, config or option\n"
+               "  3  inconclusive  the budget ran out with an interval straddling 1 + tolerance (never a pass:\n"
+               "                   the output says what budget would settle it)\n"
+               "  4  counters      a deterministic counter grew from base to head\n"
+               "  5  wrong         a config with reference ids: head's greedy ids differ from base's\n"
+               "A gate over several configs exits with its most severe verdict (wrong, regressed, counters,\n"
+               "inconclusive, ok). Two asv result files: 0 or 1, by median and a one-sided Mann-Whitney U test.")
+    p.add_argument("base", metavar="BASE", help="a commit (or an asv result file: results/<machine>/<commit>-<env>.json)")
+    p.add_argument("head", metavar="HEAD", help="a commit (or an asv result file)")
     p.add_argument("--config", dest="configs", action="append", metavar="NAME",
-                   help="config to measure when given commits (repeatable; default: the routine CPU configs)")
-    p.add_argument("--rounds", type=int, metavar="N", help="asv rounds per commit (default: the suite's)")
+                   help="a config to gate (repeatable; a shipped name or a file; default: every config of --tier)")
+    p.add_argument("--tier", default="ci", choices=("ci", "nightly", "gpu"),
+                   help="the shipped configs whose 'tier' this is (default ci)")
+    p.add_argument("--budget", type=float, default=30.0, metavar="SECONDS",
+                   help="measuring time per config, after one warm-up process a side (default 30)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the verdicts as Markdown (e.g. $GITHUB_STEP_SUMMARY)")
+    p.add_argument("--json", metavar="FILE", help="also write every sample's summary, interval and counter as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="a line per round on stderr (default: one status line)")
     p.add_argument("--alpha", type=float, default=0.01, metavar="P",
-                   help="significance level of the one-sided Mann-Whitney U test (default 0.01)")
-    p.add_argument("--machine", default="lumi-bench", metavar="NAME", help="asv machine name (default lumi-bench)")
-    p.add_argument("--work-dir", metavar="DIR", help="keep asv's scratch results there (default: a removed temp dir)")
+                   help="asv result files: significance of the one-sided Mann-Whitney U test (default 0.01)")
     p.set_defaults(run=_run_regress)
 
 

@@ -81,11 +81,11 @@ def test_no_float64_anywhere_in_prefill_and_decode():
         config = PRESETS[preset].replace(**changes)
         model = Model(config, synthetic_weights(config), device=GUARD_DEVICE, gpu_layers=-1)
         assert isinstance(model.layers[0].wqkv, GuardedArray) and isinstance(model.rope[GUARD_DEVICE][0], GuardedArray)
-        before = GuardedArray.checks
+        before = GuardedArray.counts["checks"]
         logits = model.forward(np.array([1, 2, 3, 4], dtype=np.int32), 0)
         logits = model.decode(5, 4)
         assert logits.dtype == np.float32
-        assert GuardedArray.checks - before > 100, "the guard saw too few operations to prove anything"
+        assert GuardedArray.counts["checks"] - before > 100, "the guard saw too few operations to prove anything"
 
 
 def test_the_guard_catches_float64():

@@ -98,10 +98,10 @@ def test_models_in_every_dtype_stay_float32_and_close_to_fp32(dtype):
 def test_no_float64_with_16_bit_and_int8_storage(dtype):
     config = PRESETS["stories260K"]
     model = Model(config, synthetic_weights(config), dtype=dtype, device=GUARD_DEVICE, gpu_layers=-1)
-    before = GuardedArray.checks
+    before = GuardedArray.counts["checks"]
     model.forward(np.array([1, 2, 3], dtype=np.int32), 0)
     assert model.decode(4, 3).dtype == np.float32
-    assert GuardedArray.checks - before > 100
+    assert GuardedArray.counts["checks"] - before > 100
 
 
 @pytest.mark.parametrize("dtype, prefix", [("fp16", 32), ("bf16", 32)])

@@ -19,6 +19,7 @@ llama-bench's.
       gen_tokens: 64               # int or list
       warmup: 1                    # untimed repetitions first
       repetitions: 7               # timed repetitions
+    tier: ci                       # ci | nightly | gpu: which job runs it (default nightly)
     tolerance: 0.10                # allowed relative slowdown before `lumi regress` fails
     reference:                     # optional: greedy ids the run must reproduce, else it is invalid
       ids_file: references/stories15M-seed0.json   # prompt_ids + generated_ids, relative to this file
@@ -40,6 +41,9 @@ from ..backends.numba import KERNELS
 from ..storage import STORAGE_DTYPES
 
 BACKENDS = ("numpy", "cupy")
+# Which job runs a config: ci (every pull request's gate, and tox -e bench), nightly (the larger CPU models),
+# gpu (tox -e bench-gpu on a GPU runner).
+TIERS = ("ci", "nightly", "gpu")
 DTYPES = tuple(STORAGE_DTYPES)
 
 def _config_dir() -> Path:
@@ -111,6 +115,7 @@ class BenchConfig:
     repetitions: int
     tolerance: float
     reference: Reference | None = None
+    tier: str = "nightly"
 
     def points(self) -> list[RunPoint]:
         return [RunPoint(p, g, t, n) for p, g, t, n in
@@ -118,7 +123,7 @@ class BenchConfig:
 
 
 _TOP = {"name", "purpose", "model", "tokenizer", "backend", "dtype", "kernels", "gpu_layers", "threads", "workload", "tolerance",
-        "reference"}
+        "reference", "tier"}
 _REQUIRED = ("name", "purpose", "model", "workload")
 _WORKLOAD = {"prompt_tokens", "gen_tokens", "warmup", "repetitions"}
 
@@ -207,6 +212,7 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
         warmup=work.integer("warmup", 1, 0),
         repetitions=work.integer("repetitions", 5, 1),
         tolerance=float(tolerance),
+        tier=top.string("tier", "nightly", TIERS),
         reference=_reference(path, data.get("reference")),
     )
     if config.backend == "numpy" and config.gpu_layers != (0,):
@@ -256,3 +262,10 @@ def resolve(name_or_path: str) -> Path:
 
 def shipped_configs() -> list[Path]:
     return sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def tier_configs(tier: str) -> list[Path]:
+    """The shipped configs of a tier (``TIERS``), by name."""
+    if tier not in TIERS:
+        raise ConfigError(tier, None, f"no such tier (tiers: {', '.join(TIERS)})")
+    return [p for p in shipped_configs() if load_config(p).tier == tier]

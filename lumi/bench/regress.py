@@ -1,18 +1,14 @@
-"""``lumi regress BASE HEAD``: is HEAD slower than BASE, beyond each config's tolerance and beyond noise?
+"""``lumi regress BASE HEAD``: is HEAD slower, or wrong, or heavier than BASE?
 
-BASE and HEAD are either two asv result files (``results/<machine>/<commit>-<env>.json``,
-written with ``--record-samples``), whose stored samples are compared, or two commits
-(anything ``git rev-parse`` accepts), which are measured here first: one ``asv run`` over
-both commits with ``--interleave-rounds`` (as ``asv continuous`` does, so a drift of the
-machine hits both sides alike), into a scratch results directory through a temporary copy
-of ``asv.conf.json``; the committed ``results/`` is never touched.
+Two commits (anything ``git rev-parse`` accepts) go through the gate (``gate``): measured interleaved
+in fresh processes until a 95% interval of each ratio decides against the config's tolerance, with
+deterministic counters and the greedy ids beside the clock. Verdicts and exit statuses: ok 0, regressed 1,
+inconclusive 3, counters 4, wrong 5; bad input (an unknown commit or config) is a one-line error and 2.
 
-Per config and metric (decode and prefill sec/token) the verdict is "regressed" when the
-head's median is slower than the base's by more than the config's ``tolerance`` (its
-YAML) AND a one-sided Mann-Whitney U test on the raw samples says head's samples are
-larger with p < alpha. A benchmark that ran in base but failed in head is "failed".
-Either makes the exit status 1; all holding is 0; bad input (a missing or malformed
-file, an unknown commit, nothing in common) is a one-line error and status 2.
+Two asv result files (``results/<machine>/<commit>-<env>.json``, written with ``--record-samples``)
+are compared from their stored samples instead: per config and metric, "regressed" when the head's
+median is slower than the base's by more than the config's tolerance AND a one-sided Mann-Whitney U
+test says head's samples are larger with p < alpha (exit 1).
 """
 
 from __future__ import annotations
@@ -23,53 +19,27 @@ import json
 import math
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LumiError
+from ..errors import LumiError, UsageError
+from .gate import _u_counts
 
 # asv benchmark name -> the metric's label; both are seconds per token (larger is worse)
 METRICS = {
     "benchmarks.Decode.time_decode_s_per_token": "decode s/token",
     "benchmarks.Prefill.time_prefill_s_per_token": "prefill s/token",
 }
-# The configs a routine regression check measures: small, CPU, seconds each.
-ROUTINE_CONFIGS = ("default", "stories15M-fp32", "stories15M-fp32-numba", "stories110M-fp32", "stories260K-fp32")
 DEFAULT_TOLERANCE = 0.10
 DEFAULT_ALPHA = 0.01
 MACHINE = "lumi-bench"
-SUITE_ROUNDS = 6  # benchmarks/benchmarks.py: _Suite.rounds
 
 
 # ---------------------------------------------------------------------------------------
 # Mann-Whitney U
-
-
-def _u_counts(m: int, n: int) -> list[int]:
-    """counts[u] = number of orderings of m head and n base values (no ties) with U = u.
-
-    U counts the (head, base) pairs where head is larger. The largest value overall is
-    either a head value (it beats all n base values) or a base value (it beats none):
-    c(m, n, u) = c(m - 1, n, u - n) + c(m, n - 1, u).
-    """
-    prev_row = [[1] for _ in range(n + 1)]  # m = 0: U = 0 whatever n
-    for i in range(1, m + 1):
-        row = [[1]]  # n = 0
-        for j in range(1, n + 1):
-            size = i * j + 1
-            counts = [0] * size
-            for u, c in enumerate(prev_row[j]):  # largest is a head value: +j
-                counts[u + j] += c
-            for u, c in enumerate(row[j - 1]):  # largest is a base value: +0
-                counts[u] += c
-            row.append(counts)
-        prev_row = row
-    return prev_row[n]
 
 
 def mann_whitney_greater(head, base) -> tuple[float, float]:
@@ -341,102 +311,62 @@ def bench_regex(configs) -> str:
     return rf"^(?:{benches})\('(?:{names})'\)$"
 
 
-def _load_asv_conf(path: Path) -> dict:
-    try:
-        from asv.util import load_json
-
-        return load_json(str(path), js_comments=True)
-    except FileNotFoundError:
-        raise LumiError(f"{path}: no asv configuration (lumi regress runs in a lumi checkout)") from None
-    except Exception as e:
-        raise LumiError(f"{path}: cannot read ({e})") from None
-
-
-def measure_commits(root: Path, base: str, head: str, configs, work: Path, machine: str = MACHINE,
-                    rounds: int | None = None, log=sys.stderr) -> tuple[Path, Path]:
-    """Run asv over both commits, rounds interleaved, into ``work``; the two result files."""
-    try:
-        import asv  # noqa: F401
-    except ImportError:
-        raise LumiError("asv is not installed: pip install 'lumi[bench]' (asv, build, virtualenv)") from None
-    conf = _load_asv_conf(root / "asv.conf.json")
-    conf.update(repo=str(root), benchmark_dir=str(root / conf.get("benchmark_dir", "benchmarks")),
-                env_dir=str(root / conf.get("env_dir", ".asv/env")),  # environments are reused
-                results_dir=str(work / "results"), html_dir=str(work / "html"))
-    conf_path = work / "asv.conf.json"
-    conf_path.write_text(json.dumps(conf, indent=2))
-    ensure_asv_machine(machine)
-    common = [sys.executable, "-m", "asv", "run", "--config", str(conf_path), "--machine", machine,
-              "--record-samples", "--bench", bench_regex(configs)]
-    if rounds:
-        common += ["-a", f"rounds={rounds}"]
-    runs = []
-    if base != head:
-        (work / "commits.txt").write_text(f"{base}\n{head}\n")
-        runs.append(([*common, "--interleave-rounds", f"HASHFILE:{work / 'commits.txt'}"], work / "results"))
-    else:
-        # The same commit twice (a false-alarm check): asv will not interleave a commit with
-        # itself, so alternate one-round runs into two result directories by hand, each
-        # appending its samples, so that a drift of the machine hits both sides alike.
-        common = [c for c in common if not c.startswith("rounds=")]
-        if common[-1] == "-a":
-            common.pop()
-        for _ in range(rounds or SUITE_ROUNDS):
-            for side in ("base", "head"):
-                side_conf = work / f"asv-{side}.json"
-                side_conf.write_text(json.dumps(dict(conf, results_dir=str(work / side)), indent=2))
-                cmd = [*common, "-a", "rounds=1", "--append-samples", f"{base}^!"]
-                cmd[cmd.index("--config") + 1] = str(side_conf)
-                runs.append((cmd, work / side))
-    for cmd, _ in runs:
-        print("+ " + " ".join(cmd), file=log, flush=True)
-        proc = subprocess.run(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-        if proc.returncode not in (0, 2):  # 2: some benchmark failed; the comparison reports it
-            raise LumiError(f"asv run failed with status {proc.returncode}")
-
-    def result_file(results: Path, commit: str) -> Path:
-        found = sorted((results / machine).glob(f"{commit[:conf.get('hash_length', 8)]}-*.json"))
-        if not found:
-            raise LumiError(f"asv left no result for {commit[:8]} under {results / machine}: see its output above")
-        return found[0]
-
-    if base != head:
-        return result_file(runs[0][1], base), result_file(runs[0][1], head)
-    return result_file(work / "base", base), result_file(work / "head", head)
-
-
 # ---------------------------------------------------------------------------------------
 # the command
 
 
 def run(args) -> int:
-    """``lumi regress`` (see lumi.cli): exit 0 when everything holds, 1 on a regression."""
+    """``lumi regress`` (see lumi.cli): the most severe verdict's exit status (0 when everything holds)."""
     if not 0 < args.alpha < 1:
-        from ..errors import UsageError
-
         raise UsageError("--alpha", f"must be in (0, 1), got {args.alpha}")
     files = [os.path.isfile(x) or x.endswith(".json") for x in (args.base, args.head)]
     if all(files):
         base, head = load_result_file(args.base), load_result_file(args.head)
         rows = compare(base, head, args.alpha)
-    elif any(files):
+        sys.stdout.write(table(rows, base, head, args.alpha))
+        _write(args.markdown, "--markdown", lambda: markdown(rows, base, head, args.alpha))
+        return 1 if any(r.bad for r in rows) else 0
+    if any(files):
         raise LumiError(f"{args.base} {args.head}: give two result files or two commits, not one of each")
-    else:
-        root = Path(_git(os.getcwd(), "rev-parse", "--show-toplevel"))
-        base_hash, head_hash = resolve_commit(root, args.base), resolve_commit(root, args.head)
-        configs = args.configs or list(ROUTINE_CONFIGS)
-        work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="lumi-regress-"))
-        work.mkdir(parents=True, exist_ok=True)
-        try:
-            bpath, hpath = measure_commits(root, base_hash, head_hash, configs, work, args.machine, args.rounds)
-            base, head = load_result_file(bpath), load_result_file(hpath)
-            rows = compare(base, head, args.alpha)
-        finally:
-            if not args.work_dir:
-                shutil.rmtree(work, ignore_errors=True)
-    sys.stdout.write(table(rows, base, head, args.alpha))
-    if args.markdown:
-        from .report import write_atomic
+    return _run_gate(args)
 
-        write_atomic(args.markdown, markdown(rows, base, head, args.alpha))
-    return 1 if any(r.bad for r in rows) else 0
+
+def _run_gate(args) -> int:
+    from . import gate
+    from .config import resolve, tier_configs
+
+    if args.budget <= 0:
+        raise UsageError("--budget", f"must be a positive number of seconds, got {args.budget}")
+    root = Path(_git(os.getcwd(), "rev-parse", "--show-toplevel"))
+    base, head = resolve_commit(root, args.base), resolve_commit(root, args.head)
+    configs = [resolve(c) for c in args.configs] if args.configs else tier_configs(args.tier)
+    if not configs:
+        raise UsageError("--tier", f"no shipped config has tier {args.tier}")
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else _quiet_progress()
+    results = gate.run_gate(root, base, head, configs, args.budget, say)
+    sys.stdout.write(gate.table(results, base, head))
+    _write(args.markdown, "--markdown", lambda: gate.markdown(results, base, head))
+    _write(args.json, "--json", lambda: gate.to_json(results, base, head))
+    return gate.exit_code(results)
+
+
+def _quiet_progress():
+    """One status line on stderr, rewritten in place on a terminal; nothing when stderr is a file."""
+    if not sys.stderr.isatty():
+        return lambda message: None
+
+    def say(message: str) -> None:
+        print(f"\r\033[K{message[:150]}", end="", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _write(path, option: str, text) -> None:
+    if not path:
+        return
+    from .report import write_atomic
+
+    try:
+        write_atomic(path, text())
+    except OSError as e:
+        raise UsageError(option, f"cannot write {path}: {e.strerror}") from None
