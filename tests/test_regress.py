@@ -179,11 +179,14 @@ def test_mann_whitney_normal_approximation_agrees_with_exact():
     assert approx == pytest.approx(exact, rel=0.35, abs=0.02)
 
 
-def test_bench_regex_selects_only_the_tracked_metrics_of_the_configs():
+def test_asv_selects_the_benchmarks_of_a_tier_by_its_configs():
     import re
 
-    rx = re.compile(regress.bench_regex(["default", "stories15M-fp32"]))
+    from lumi.bench.asv_tier import tier_regex
+
+    rx = re.compile(tier_regex("ci"))
     assert rx.search("benchmarks.Decode.time_decode_s_per_token('default')")
     assert rx.search("benchmarks.Prefill.time_prefill_s_per_token('stories15M-fp32')")
     assert not rx.search("benchmarks.Decode.time_decode_s_per_token('stories15M-fp32-big')")
-    assert not rx.search("benchmarks.Memory.peakmem_generate('default')")
+    assert not rx.search("benchmarks.Decode.time_decode_s_per_token('tinyllama-1.1B-fp32')")  # nightly
+    assert re.compile(tier_regex("gpu")).search("benchmarks.Decode.time_decode_s_per_token('llama2-7B-fp16-gpu20')")

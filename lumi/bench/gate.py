@@ -42,6 +42,7 @@ from .config import BenchConfig, load_config
 # the exit status of each verdict; a gate over several configs exits with its most severe one
 EXIT_CODES = {"ok": 0, "regressed": 1, "inconclusive": 3, "counters": 4, "wrong": 5}
 SEVERITY = ("wrong", "regressed", "counters", "inconclusive", "ok")
+# (name, the probe's statistic): a process's lower-quartile decode step and its quickest prompt (probe.py)
 METRICS = (("decode", "decode_s_per_token"), ("prefill", "prefill_s_per_token"))
 CONFIDENCE = 0.95
 DEFAULT_BUDGET_S = 30.0  # per config, after its warm-up processes
@@ -210,6 +211,7 @@ class ConfigResult:
     counters: dict = field(default_factory=dict)  # name -> {"base": v, "head": v, "change": "grew" | "shrank"}
     unstable: list[str] = field(default_factory=list)  # counters that differed between two runs of one side
     counter_values: dict = field(default_factory=dict)  # base / head -> every counter of its first run
+    raw: dict = field(default_factory=dict)  # base / head -> metric -> each process's seconds per token, in order
     ids: dict = field(default_factory=dict)  # base / head -> fingerprint of the greedy ids
     findings: list[str] = field(default_factory=list)
 
@@ -276,8 +278,8 @@ def gate_config(cfg: BenchConfig, trees: tuple[Tree, Tree], probe: Path, budget_
         spent = time.perf_counter() - t_measure
         if all(m.verdict for m in result.metrics):
             break
-        if spent + 4 * statistics.mean(process_s) > budget_s:
-            break
+        if round_ + 1 >= MIN_ROUNDS and spent + 4 * statistics.mean(process_s) > budget_s:
+            break  # (the first rounds run whatever the budget: an interval needs 4 samples a side)
     result.sample_s = statistics.mean(process_s)
     for metric in result.metrics:
         if metric.verdict is None:
@@ -287,6 +289,7 @@ def gate_config(cfg: BenchConfig, trees: tuple[Tree, Tree], probe: Path, budget_
     result.counters, result.unstable = compare_counters(counted["base"], counted["head"])
     result.counter_values = {side: _flatten(runs[0]["counters"]) for side, runs in counted.items()}
     result.ids = {side: sorted({r["ids"] for r in runs}) for side, runs in samples.items()}
+    result.raw = {side: {name: [r[key] for r in runs] for name, key in METRICS} for side, runs in samples.items()}
     result.wall_s = time.perf_counter() - t_start
     result.verdict, result.findings = _verdict(result)
     return result

@@ -18,7 +18,6 @@ import itertools
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -303,16 +302,6 @@ def ensure_asv_machine(name: str = MACHINE) -> None:
         info = Machine.get_defaults()
         info["machine"] = name
         MachineCollection.save(name, info)
-
-
-def bench_regex(configs) -> str:
-    names = "|".join(re.escape(c) for c in configs)
-    benches = "|".join(re.escape(b) for b in METRICS)
-    return rf"^(?:{benches})\('(?:{names})'\)$"
-
-
-# ---------------------------------------------------------------------------------------
-# the command
 
 
 def run(args) -> int:
