@@ -314,6 +314,8 @@ def _run_bench(args) -> int:
 
 
 def _add_regress(sub) -> None:
+    from .bench import gate  # the CLI is the harness's entry point: its defaults are the gate's
+
     p = sub.add_parser(
         "regress", help="the regression gate: is HEAD slower, wrong or heavier than BASE?",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -341,8 +343,8 @@ def _add_regress(sub) -> None:
                    help="a config to gate (repeatable; a shipped name or a file; default: every config of --tier)")
     p.add_argument("--tier", default="ci", choices=("ci", "nightly", "gpu"),
                    help="the shipped configs whose 'tier' this is (default ci)")
-    p.add_argument("--budget", type=float, default=30.0, metavar="SECONDS",
-                   help="measuring time per config, after one warm-up process a side (default 30)")
+    p.add_argument("--budget", type=float, default=gate.DEFAULT_BUDGET_S, metavar="SECONDS",
+                   help=f"measuring time per config, after one warm-up process a side (default {gate.DEFAULT_BUDGET_S:g})")
     p.add_argument("--markdown", metavar="FILE", help="also write the verdicts as Markdown (e.g. $GITHUB_STEP_SUMMARY)")
     p.add_argument("--json", metavar="FILE", help="also write every sample's summary, interval and counter as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="a line per round on stderr (default: one status line)")

@@ -45,7 +45,7 @@ SEVERITY = ("wrong", "regressed", "counters", "inconclusive", "ok")
 # (name, the probe's statistic): a process's lower-quartile decode step and its quickest prompt (probe.py)
 METRICS = (("decode", "decode_s_per_token"), ("prefill", "prefill_s_per_token"))
 CONFIDENCE = 0.95
-DEFAULT_BUDGET_S = 30.0  # per config, after its warm-up processes
+DEFAULT_BUDGET_S = 40.0  # per config, after its warm-up processes
 MIN_ROUNDS = 2  # rounds of base, head, head, base before an interval may decide
 MAX_ROUNDS = 60
 COUNTER_STEPS = 8
