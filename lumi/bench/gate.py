@@ -140,10 +140,16 @@ class Tree:
     path: Path
 
 
+KEEP_TREES = 6  # worktrees kept under .lumi-regress/ (the most recently used), each with its numba cache
+
+
 def checkout(root: Path, commit: str, label: str) -> Tree:
-    """A worktree of ``commit`` under ``root/.lumi-regress``, reused when it is already there."""
+    """A worktree of ``commit`` under ``root/.lumi-regress``, reused when it is already there; the least
+    recently used beyond ``KEEP_TREES`` are removed."""
     path = root / TREES / commit[:12]
-    if not (path / "lumi" / "__init__.py").exists():
+    if (path / "lumi" / "__init__.py").exists():
+        os.utime(path)  # used now
+    else:
         if path.exists():
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,18 +157,27 @@ def checkout(root: Path, commit: str, label: str) -> Tree:
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise LumiError(f"git worktree add {commit[:12]}: {proc.stderr.strip() or 'failed'}")
+    trees = sorted((p for p in (root / TREES).iterdir() if (p / "lumi").is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in trees[:-KEEP_TREES]:
+        if old != path:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(old)], capture_output=True)
     return Tree(label, commit, path)
 
 
 def probe_input(cfg: BenchConfig, counters: bool) -> dict:
     """What the probe measures for a config: its first point (prompt, generation, threads, gpu_layers)."""
+    from ..config import PRESETS
     from ..formats import load_checkpoint
+    from ..formats.synthetic import is_synthetic, parse_spec
     from .runner import prompt_ids
 
     model = cfg.model
-    if not model.startswith("synthetic:") and not os.path.isabs(model):
-        model = str((Path(cfg.path).parent / model).resolve())
-    vocab = load_checkpoint(model)[0].vocab_size
+    if is_synthetic(model):  # its shape from the preset: nothing drawn here
+        vocab = PRESETS[parse_spec(model)[0]].vocab_size
+    else:
+        if not os.path.isabs(model):
+            model = str((Path(cfg.path).parent / model).resolve())
+        vocab = load_checkpoint(model)[0].vocab_size  # a memory map: the header alone is read
     return {"model": model, "backend": cfg.backend, "dtype": cfg.dtype, "kernels": cfg.kernels,
             "gpu_layers": cfg.gpu_layers[0], "threads": cfg.threads[0],
             "prompt_ids": prompt_ids(cfg.prompt_tokens[0], vocab), "gen_tokens": cfg.gen_tokens[0],

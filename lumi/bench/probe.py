@@ -25,6 +25,7 @@ pays nothing, since nothing here is imported by the engine):
   ``.item()``, formatting), both on an emulated device: the model placed whole (``gpu_layers=-1``) on an
   array module whose arrays count what they see, reductions returning 0-d arrays as a GPU's do. A
   float64 scalar in attention or RoPE, or an eagerly evaluated log argument, shows here whatever the clock;
+  ``array_ops_per_step``: the NumPy operations it saw a step (the interpreter's share of a small model);
 - ``weight_bytes``: bytes held per storage kind after load (a 16-bit model widened at load shows as fp32),
   and ``noncontiguous_weights``: weights the products would read through a strided view.
 """
@@ -327,7 +328,7 @@ def count_device(lumi, cfg: dict, prompt, steps: int) -> dict:
         next(gen)
     per = {k: (counts[k] - before[k]) / steps for k in counts}
     return {"float64_ops_per_step": per["float64"], "host_reads_per_step": per["host_reads"],
-            "device_checks_per_step": per["checks"]}
+            "array_ops_per_step": per["checks"]}
 
 
 def main(argv) -> int:
