@@ -105,6 +105,27 @@ def test_counters_compare_per_kind_and_leave_out_unstable_ones():
                      "weight_bytes[fp32]": {"base": 0, "head": 200, "change": "grew"}}
 
 
+def test_a_head_that_cannot_run_is_wrong_and_a_base_that_cannot_is_an_error(monkeypatch, tmp_path):
+    from lumi.bench.config import load_config
+    from lumi.errors import LumiError
+
+    cfg = load_config(CONFIG_DIR / "stories260K-fp32.yaml")
+    trees = (gate.Tree("base", "b" * 40, tmp_path), gate.Tree("head", "h" * 40, tmp_path))
+
+    def head_fails(probe, tree, job, timeout=900):
+        if tree.label == "head":
+            raise LumiError("head (hhhh): the probe failed with status 1:\nTypeError: boom")
+        return {}
+
+    monkeypatch.setattr(gate, "run_probe", head_fails)
+    r = gate.gate_config(cfg, trees, tmp_path / "probe.py", 1.0)
+    assert r.verdict == "wrong" and "boom" in r.findings[0] and gate.exit_code([r]) == 5
+    monkeypatch.setattr(gate, "run_probe", lambda probe, tree, job, timeout=900: (_ for _ in ()).throw(
+        LumiError("base (bbbb): the probe failed")))
+    with pytest.raises(LumiError, match="base"):
+        gate.gate_config(cfg, trees, tmp_path / "probe.py", 1.0)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the probe's counters against planted regressions
 

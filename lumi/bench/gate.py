@@ -266,9 +266,16 @@ def gate_config(cfg: BenchConfig, trees: tuple[Tree, Tree], probe: Path, budget_
     t_start = time.perf_counter()
     quiet, counting = probe_input(cfg, counters=False), probe_input(cfg, counters=True)
     base, head = trees
-    for tree in trees:  # untimed: numba compiles into the tree's cache, synthetic weights are drawn
-        say(f"{cfg.name}: warming {tree.label}")
-        run_probe(probe, tree, quiet)
+    try:
+        for tree in trees:  # untimed: numba compiles into the tree's cache, synthetic weights are drawn
+            say(f"{cfg.name}: warming {tree.label}")
+            run_probe(probe, tree, quiet)
+    except LumiError as error:
+        if tree is base:
+            raise  # nothing to compare against: a usage error, not a verdict on head
+        result.verdict, result.findings = "wrong", [f"head does not run this config: {error}"]
+        result.wall_s = time.perf_counter() - t_start
+        return result
     samples = {"base": [], "head": []}
     counted = {"base": [], "head": []}
     t_measure, process_s = time.perf_counter(), []
