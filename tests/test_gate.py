@@ -241,3 +241,20 @@ def test_a_gate_over_two_commits_catches_a_planted_float64_and_exits_with_its_co
     assert "| stories260K-fp32 | decode |" in (tmp_path / "gate.md").read_text()
     assert all(len(v) == r["samples"] for side in r["raw"].values() for v in side.values())
     assert math.isfinite(r["metrics"][0]["interval"]["estimate"])
+
+
+def test_copies_across_a_gpu_boundary_are_counted_per_step():
+    """count_transfers on the emulated CUDA device (tests/fake_cuda.py), lumi's kernels behind CuPy's
+    interface: the whole model there, a greedy step sends its token up and brings the next one down; with two
+    layers there (the head on the host), the activation goes up and comes back down through the staging."""
+    from fake_cuda import CUDA_FAKE
+
+    from lumi.bench import probe as probe_module
+
+    cfg = {"model": "synthetic:stories260K?seed=0", "dtype": "fp32", "gpu_layers": -1}
+    assert probe_module.count_transfers(lumi, CUDA_FAKE, cfg, PROMPT, 4) == {"to_host_per_step": 1.0,
+                                                                             "to_device_per_step": 1.0}
+    offload = probe_module.count_transfers(lumi, CUDA_FAKE, {**cfg, "gpu_layers": 2}, PROMPT, 4)
+    assert offload == {"to_host_per_step": 1.0, "to_device_per_step": 1.0}
+    assert probe_module.count_transfers(lumi, CUDA_FAKE, {**cfg, "gpu_layers": 0}, PROMPT, 4) == {
+        "to_host_per_step": 0.0, "to_device_per_step": 0.0}

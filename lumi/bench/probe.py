@@ -26,6 +26,8 @@ pays nothing, since nothing here is imported by the engine):
   array module whose arrays count what they see, reductions returning 0-d arrays as a GPU's do. A
   float64 scalar in attention or RoPE, or an eagerly evaluated log argument, shows here whatever the clock;
   ``array_ops_per_step``: the NumPy operations it saw a step (the interpreter's share of a small model);
+- ``to_host_per_step`` / ``to_device_per_step`` (a GPU backend): copies across the device's boundary per
+  decode step, staged ones included (``count_transfers``; a test runs it on the emulated CUDA device);
 - ``weight_bytes``: bytes held per storage kind after load (a 16-bit model widened at load shows as fp32),
   and ``noncontiguous_weights``: weights the products would read through a strided view.
 """
@@ -331,6 +333,61 @@ def count_device(lumi, cfg: dict, prompt, steps: int) -> dict:
             "array_ops_per_step": per["checks"]}
 
 
+class _CountingStaging:
+    """A device's page-locked staging (``backends.cuda.staging.Staging``) with its copies counted."""
+
+    def __init__(self, staging, counts):
+        self._staging, self._counts = staging, counts
+
+    def __getattr__(self, name):
+        return getattr(self._staging, name)
+
+    def up(self, host):
+        self._counts["to_device"] += 1
+        return self._staging.up(host)
+
+    def down(self, x):
+        self._counts["to_host"] += 1
+        return self._staging.down(x)
+
+    def copy_down(self, x, out, stream):
+        self._counts["to_host"] += 1
+        return self._staging.copy_down(x, out, stream)
+
+
+def count_transfers(lumi, device, cfg: dict, prompt, steps: int) -> dict:
+    """Copies between host and ``device`` per decode step of a greedy generation, the model placed as the
+    config places it: every ``to_host`` / ``to_device`` and every staged copy (a partial offload's
+    activations, a CUDA graph's token) counted. A GPU's steady greedy decoding brings one token down."""
+    import dataclasses
+
+    from lumi.formats import load_checkpoint
+    from lumi.model import Model
+
+    counts = {"to_host": 0, "to_device": 0}
+
+    def counted(copy, key):
+        def run(x):
+            counts[key] += 1
+            return copy(x)
+
+        return run
+
+    staging = getattr(device, "staging", None)
+    device = dataclasses.replace(device, to_host=counted(device.to_host, "to_host"),
+                                 to_device=counted(device.to_device, "to_device"),
+                                 **({"staging": _CountingStaging(staging, counts)} if staging is not None else {}))
+    config, weights = load_checkpoint(cfg["model"])
+    model = Model(config, weights, dtype=cfg["dtype"], device=device, gpu_layers=cfg["gpu_layers"])
+    gen = iter(lumi.generate(model, prompt, steps + 3, ignore_eos=True))
+    next(gen), next(gen), next(gen)  # the prompt, and steps that make buffers (and capture a graph)
+    before = dict(counts)
+    for _ in range(steps):
+        next(gen)
+    return {"to_host_per_step": (counts["to_host"] - before["to_host"]) / steps,
+            "to_device_per_step": (counts["to_device"] - before["to_device"]) / steps}
+
+
 def main(argv) -> int:
     cfg = json.loads(argv[1])
     import lumi
@@ -359,6 +416,10 @@ def main(argv) -> int:
             out["counters"] = {**weight_counters(model), **count_steps(lumi, model, prompt, count)}
             if cfg["backend"] == "numpy":
                 out["counters"].update(count_device(lumi, cfg, prompt, count))
+            else:
+                from lumi.backends import get_device
+
+                out["counters"].update(count_transfers(lumi, get_device(cfg["backend"]), cfg, prompt, count))
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
     os._exit(0)  # see AllocationCounter
