@@ -41,10 +41,13 @@ def _kernels_option(p) -> None:
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text (or token ids) from a prompt",
-                       description="Generate from a llama2.c .bin checkpoint or synthetic:PRESET[?seed=N].")
-    p.add_argument("model", metavar="MODEL", help="checkpoint path, or synthetic:PRESET[?seed=N] (no download)")
-    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.model (sentencepiece) or tokenizer.bin (llama2.c); "
-                   "default: one beside the checkpoint whose vocabulary matches")
+                       description="Generate from a llama2.c .bin checkpoint, a Hugging Face model directory "
+                                   "(config.json + safetensors), a GGUF file, or synthetic:PRESET[?seed=N].")
+    p.add_argument("model", metavar="MODEL", help="a .bin, a Hugging Face directory, a .gguf, or "
+                   "synthetic:PRESET[?seed=N] (no download)")
+    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.model (sentencepiece), tokenizer.bin (llama2.c), "
+                   "tokenizer.json (lumi[tokenizers]) or a .gguf; default: a GGUF file's own vocabulary, or one "
+                   "beside the checkpoint whose vocabulary matches")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", metavar="TEXT", help="prompt text (needs a tokenizer); BOS is prepended")
     src.add_argument("--prompt-file", metavar="PATH", help="read the prompt text from a file, or - for stdin")
@@ -258,6 +261,18 @@ def _add_bench(sub) -> None:
     p.add_argument("--profile", action="store_true",
                    help="also time each decode step per op kind (matmul, attention, norm, rope, sampling, Python)")
     p.set_defaults(run=_run_bench, format="table")
+    plain_help = p.format_help
+
+    def format_help() -> str:  # the shipped configs are read only when help is asked for
+        from .bench.config import TIERS, tier_configs
+
+        lines = ["shipped configs, by tier (configs/*.yaml):"]
+        for tier in TIERS:
+            lines.append(f"  {tier + ':':9}" + " ".join(p.stem for p in tier_configs(tier)))
+        return plain_help() + "\n" + "\n".join(textwrap.fill(line, 100, subsequent_indent=" " * 11)
+                                              for line in lines) + "\n"
+
+    p.format_help = format_help
 
 
 def _run_bench(args) -> int:

@@ -155,6 +155,44 @@ def test_write_atomic_is_whole_or_nothing(tmp_path):
     assert target.read_text() == "new"
 
 
+def test_a_written_result_gets_the_mode_open_would_give_it(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+
+
+def test_markdown_says_when_the_commit_is_unknown():
+    from lumi.bench import report
+
+    env = {"lumi_version": "0.1.0", "git_commit": None, "cpu": "x", "usable_cores": 2, "numpy": "2", "blas": []}
+    text = report.markdown({"env": env, "bandwidth": {}, "results": []})
+    assert "an unknown commit" in text and "None" not in text
+
+
+def test_progress_numbers_warm_ups_and_repetitions_apart(tmp_path):
+    from lumi.bench.config import load_config
+    from lumi.bench.runner import measure_config
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.replace("warmup: 0", "warmup: 2"))
+    said = []
+    measure_config(load_config(path), progress=said.append)
+    steps = [m.split(": ")[-1] for m in said if "pp8+tg6" in m and ("warm-up" in m or "rep" in m)]
+    cfg = load_config(path)
+    assert steps == [f"warm-up {i}/{cfg.warmup}" for i in range(1, cfg.warmup + 1)] + \
+        [f"rep {i}/{cfg.repetitions}" for i in range(1, cfg.repetitions + 1)]
+
+
+def test_bench_help_lists_the_shipped_configs_by_tier(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "ci:" in out and "stories15M-fp32" in out and "gpu:" in out and "llama2-7B-fp16-gpu20" in out
+
+
 def test_profile_accounts_for_the_whole_decode_step(tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY.replace("prompt_tokens: [8, 16]", "prompt_tokens: 8"))

@@ -78,7 +78,8 @@ def markdown(doc: dict) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(_cells(r)) + " |" for r in doc["results"]]
     env = doc["env"]
-    out += ["", f"lumi {env['lumi_version']} at `{env['git_commit']}` on {env['cpu']} ({env['usable_cores']} cores)"]
+    commit = f"`{env['git_commit']}`" if env.get("git_commit") else "an unknown commit"
+    out += ["", f"lumi {env['lumi_version']} at {commit} on {env['cpu']} ({env['usable_cores']} cores)"]
     return "\n".join(out) + "\n"
 
 
@@ -105,6 +106,9 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".lumi-", dir=directory)
+    umask = os.umask(0)  # mkstemp makes 0600; the file gets what open() would have given it
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

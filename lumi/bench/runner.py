@@ -133,8 +133,9 @@ def measure_point(session: Session, point: RunPoint, progress=None) -> dict:
         total = cfg.warmup + cfg.repetitions
         for rep in range(total):
             if progress:
-                progress(f"{cfg.name} {point.test} t{point.threads}: "
-                         f"{'warm-up' if rep < cfg.warmup else 'rep'} {rep + 1}/{total}")
+                step = (f"warm-up {rep + 1}/{cfg.warmup}" if rep < cfg.warmup
+                        else f"rep {rep - cfg.warmup + 1}/{cfg.repetitions}")
+                progress(f"{cfg.name} {point.test} t{point.threads}: {step}")
             r = session.repetition(point)
             if rep < cfg.warmup:
                 continue
