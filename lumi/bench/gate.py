@@ -35,9 +35,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import LumiError
-from .config import BenchConfig, load_config
+
+if TYPE_CHECKING:  # the configs' reader (YAML) is imported when a gate runs, not with the CLI's parser
+    from .config import BenchConfig
 
 # the exit status of each verdict; a gate over several configs exits with its most severe one
 EXIT_CODES = {"ok": 0, "regressed": 1, "inconclusive": 3, "counters": 4, "wrong": 5}
@@ -264,7 +267,8 @@ def gate_config(cfg: BenchConfig, trees: tuple[Tree, Tree], probe: Path, budget_
     say = progress or (lambda message: None)
     result = ConfigResult(cfg.name, cfg.tolerance, cfg.reference is not None)
     t_start = time.perf_counter()
-    quiet, counting = probe_input(cfg, counters=False), probe_input(cfg, counters=True)
+    quiet = probe_input(cfg, counters=False)
+    counting = {**quiet, "counters": True}
     base, head = trees
     try:
         for tree in trees:  # untimed: numba compiles into the tree's cache, synthetic weights are drawn
@@ -359,6 +363,8 @@ def _interval_text(i: Interval | None) -> str:
 def run_gate(root: Path, base: str, head: str, configs: list[Path], budget_s: float = DEFAULT_BUDGET_S,
              progress=None) -> list[ConfigResult]:
     """Every config on base and head (commits, resolved); the probe is this lumi's, copied beside the trees."""
+    from .config import load_config
+
     loaded = [load_config(path) for path in configs]
     trees = (checkout(root, base, "base"), checkout(root, head, "head"))
     probe = root / TREES / "probe.py"
@@ -379,15 +385,19 @@ def _rows(results: list[ConfigResult]) -> list[list[str]]:
     rows = []
     for r in results:
         for m in r.metrics:
-            rows.append([r.config, m.name, _seconds(m.base_median), _seconds(m.head_median), _interval_text(m.interval),
+            rows.append([r.config, m.name, seconds_text(m.base_median), seconds_text(m.head_median), _interval_text(m.interval),
                          f"{r.tolerance:.0%}", str(r.samples), m.verdict])
     return rows
 
 
-def _seconds(s: float | None) -> str:
+def seconds_text(s: float | None) -> str:
+    """A duration in the unit that shows it best: "3.412 ms"."""
     if s is None:
         return "-"
-    return f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.3f} s"
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(s) >= scale:
+            return f"{s / scale:.3f} {unit}"
+    return f"{s / 1e-9:.1f} ns"
 
 
 def table(results: list[ConfigResult], base: str, head: str) -> str:

@@ -301,34 +301,45 @@ def timed_generation(lumi, model, prompt, n):
     return steps[0] / len(prompt), steps[1:], ids
 
 
+def per_step(lumi, model, prompt, steps: int, counts, skip: int = 2) -> dict:
+    """How much each of ``counts`` (a dict of counters, or a callable giving one) grows per decode step of a
+    greedy generation (``lumi.generate``, the user's path), over ``steps`` steps after the prompt and
+    ``skip - 1`` more, which make buffers (and capture a CUDA graph)."""
+    read = counts if callable(counts) else lambda: dict(counts)
+    gen = iter(lumi.generate(model, prompt, steps + skip, ignore_eos=True))
+    for _ in range(skip):
+        next(gen)
+    before = read()
+    for _ in range(steps):
+        next(gen)
+    after = read()
+    return {k: (after[k] - before[k]) / steps for k in after}
+
+
 def count_steps(lumi, model, prompt, steps: int) -> dict:
-    """NumPy allocations per decode step of ``model`` (the run's own kernels), over ``steps`` steps."""
-    gen = iter(lumi.generate(model, prompt, steps + 2, ignore_eos=True))
-    next(gen), next(gen)  # the prompt and a first step: their buffers are made
-    with AllocationCounter() as counter:
-        for _ in range(steps):
-            next(gen)
-    return {"alloc_per_step": counter.count / steps, "alloc_bytes_per_step": counter.bytes / steps}
+    """NumPy allocations per decode step of ``model`` (the run's own kernels)."""
+    counter = AllocationCounter()
+    with counter:  # counting from the start: the window is read from its running totals
+        per = per_step(lumi, model, prompt, steps, lambda: {"count": counter.count, "bytes": counter.bytes})
+    return {"alloc_per_step": per["count"], "alloc_bytes_per_step": per["bytes"]}
 
 
-def count_device(lumi, cfg: dict, prompt, steps: int) -> dict:
-    """float64 operations and host reads per decode step of a greedy generation (``lumi.generate``, the
-    user's path), the model placed whole on an emulated device."""
-    from lumi.backends import Device
+def _model(cfg: dict, device, gpu_layers: int):
     from lumi.formats import load_checkpoint
     from lumi.model import Model
 
-    xp = counting_module()
-    device = Device("counting", xp, xp.asarray, to_host, host_memory=True)
     config, weights = load_checkpoint(cfg["model"])
-    model = Model(config, weights, dtype=cfg["dtype"], device=device, gpu_layers=-1)
-    gen = iter(lumi.generate(model, prompt, steps + 2, ignore_eos=True))
-    counts = CountedArray.counts
-    next(gen), next(gen)  # the prompt and a first step, outside the count
-    before = dict(counts)
-    for _ in range(steps):
-        next(gen)
-    per = {k: (counts[k] - before[k]) / steps for k in counts}
+    return Model(config, weights, dtype=cfg["dtype"], device=device, gpu_layers=gpu_layers)
+
+
+def count_device(lumi, cfg: dict, prompt, steps: int) -> dict:
+    """float64 operations, host reads and array operations per decode step, the model placed whole on an
+    emulated device."""
+    from lumi.backends import Device
+
+    xp = counting_module()
+    model = _model(cfg, Device("counting", xp, xp.asarray, to_host, host_memory=True), gpu_layers=-1)
+    per = per_step(lumi, model, prompt, steps, CountedArray.counts)
     return {"float64_ops_per_step": per["float64"], "host_reads_per_step": per["host_reads"],
             "array_ops_per_step": per["checks"]}
 
@@ -361,9 +372,6 @@ def count_transfers(lumi, device, cfg: dict, prompt, steps: int) -> dict:
     activations, a CUDA graph's token) counted. A GPU's steady greedy decoding brings one token down."""
     import dataclasses
 
-    from lumi.formats import load_checkpoint
-    from lumi.model import Model
-
     counts = {"to_host": 0, "to_device": 0}
 
     def counted(copy, key):
@@ -377,15 +385,8 @@ def count_transfers(lumi, device, cfg: dict, prompt, steps: int) -> dict:
     device = dataclasses.replace(device, to_host=counted(device.to_host, "to_host"),
                                  to_device=counted(device.to_device, "to_device"),
                                  **({"staging": _CountingStaging(staging, counts)} if staging is not None else {}))
-    config, weights = load_checkpoint(cfg["model"])
-    model = Model(config, weights, dtype=cfg["dtype"], device=device, gpu_layers=cfg["gpu_layers"])
-    gen = iter(lumi.generate(model, prompt, steps + 3, ignore_eos=True))
-    next(gen), next(gen), next(gen)  # the prompt, and steps that make buffers (and capture a graph)
-    before = dict(counts)
-    for _ in range(steps):
-        next(gen)
-    return {"to_host_per_step": (counts["to_host"] - before["to_host"]) / steps,
-            "to_device_per_step": (counts["to_device"] - before["to_device"]) / steps}
+    per = per_step(lumi, _model(cfg, device, cfg["gpu_layers"]), prompt, steps, counts, skip=3)
+    return {"to_host_per_step": per["to_host"], "to_device_per_step": per["to_device"]}
 
 
 def main(argv) -> int:

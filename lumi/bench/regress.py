@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LumiError, UsageError
-from .gate import _u_counts
+from .gate import _u_counts, seconds_text
 
 # asv benchmark name -> the metric's label; both are seconds per token (larger is worse)
 METRICS = {
@@ -213,17 +213,8 @@ def compare(base: ResultFile, head: ResultFile, alpha: float = DEFAULT_ALPHA, to
     return rows
 
 
-def _fmt_time(s: float | None) -> str:
-    if s is None:
-        return "-"
-    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6)):
-        if abs(s) >= scale:
-            return f"{s / scale:.3f} {unit}"
-    return f"{s / 1e-9:.1f} ns"
-
-
 def _cells(row: Row) -> list[str]:
-    return [row.config, row.metric, _fmt_time(row.base), _fmt_time(row.head),
+    return [row.config, row.metric, seconds_text(row.base), seconds_text(row.head),
             "-" if row.ratio is None else f"{row.ratio:.3f}", f"{row.tolerance:.0%}",
             "-" if row.p is None else f"{row.p:.2g}", row.verdict]
 

@@ -77,8 +77,9 @@ class Model:
         self.output = self.tok_embeddings if config.tie_embeddings else matrix(self.head, source, dtype, w["output"])
         self.layers = place_layers(config, weights, dtype, self.placement)
         self.eps = F32(config.norm_eps)
+        self.devices = {self.head, *self.placement}  # every device the model uses
         self.rope = {}  # device -> (cos, sin), each (max_seq_len, hd/2), on every device a layer uses
-        for dev in {self.head, *self.placement}:
+        for dev in self.devices:
             self.rope[dev] = rope_tables(config.head_dim, max_seq_len, config.rope_theta, dev.xp, config.rope_scaling)
         self._op_tables()
         # a greedy step of a model wholly on one GPU replays as a CUDA graph (``Kernels.step_graph``)
@@ -104,9 +105,9 @@ class Model:
             from ..backends.numba.ops import ops as numba_ops
 
             vars(self.ops).update(numba_ops(self, OPS))
-        self.positions = {dev: dev.kernels.position(dev) for dev in {self.head, *self.placement} if dev.kernels}
+        self.positions = {dev: dev.kernels.position(dev) for dev in self.devices if dev.kernels}
         self.step_ops, self.prompt_ops = {}, {}
-        for dev in {self.head, *self.placement}:
+        for dev in self.devices:
             if dev in self.positions:
                 self.step_ops[dev] = SimpleNamespace(**dev.kernels.ops(OPS, self.positions[dev]))
                 self.prompt_ops[dev] = SimpleNamespace(**dev.kernels.prompt_ops(OPS))
@@ -178,7 +179,7 @@ class Model:
     def gpu_step(self) -> str | None:
         """What this model's one-token steps ran on a GPU: "cuda-graph", "lumi-kernels" (launched one by one),
         "array-functions" (a device without lumi's kernels), or None when no layer is on one."""
-        if all(d.host_memory for d in (self.head, *self.placement)):
+        if all(d.host_memory for d in self.devices):
             return None
         if self._graph is not None and self._graph.graph is not None:
             return "cuda-graph"
