@@ -374,6 +374,39 @@ def _run_regress(args) -> int:
     return regress.run(args)
 
 
+def _add_dashboard(sub) -> None:
+    p = sub.add_parser("dashboard", help="build the benchmark dashboard (asv publish, complete offline)",
+                       description=textwrap.fill(
+                           "Build asv's HTML dashboard from results/ into html/, with its JavaScript copied in (no "
+                           "CDN: it renders with no network) and lumi's overview page (sec/token per config by tier, "
+                           "configs without points and why, asv's regressions). Run from the repository's root.", 100))
+    p.add_argument("--results", default="results", metavar="DIR", help="asv's results folder (default results)")
+    p.add_argument("--html", default="html", metavar="DIR", help="where the pages go (default html)")
+    p.add_argument("--merge", action="append", default=[], metavar="DIR",
+                   help="first copy the <machine>/ folders of another runner's results folder into --results "
+                        "(repeatable; a file that differs from one already there is an error)")
+    p.add_argument("--keep-first", action="store_true",
+                   help="with --merge: where two sources measured one commit on one machine, keep the file "
+                        "already there (results/, then the --merge folders in order) and say so")
+    p.add_argument("--serve", nargs="?", const=8080, type=int, metavar="PORT",
+                   help="then serve the pages on http://127.0.0.1:PORT/ (default 8080) until interrupted")
+    p.set_defaults(run=_run_dashboard)
+
+
+def _run_dashboard(args) -> int:
+    from pathlib import Path
+
+    from .bench import dashboard
+
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    index = dashboard.build(Path(args.results), Path(args.html), merge=[Path(m) for m in args.merge],
+                            keep_first=args.keep_first, log=log)
+    log(f"wrote {index} (overview: {index.parent / 'overview.html'}; no external references)")
+    if args.serve is not None:
+        dashboard.serve(index.parent, args.serve, log=log)
+    return 0
+
+
 class _Progress:
     """One status line on stderr: rewritten in place on a terminal, plain lines otherwise."""
 
@@ -456,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_convert(sub)
     _add_regress(sub)
+    _add_dashboard(sub)
     return parser
 
 

@@ -279,20 +279,47 @@ def resolve_commit(root, name: str) -> str:
     return proc.stdout.strip()
 
 
-def ensure_asv_machine(name: str = MACHINE) -> None:
-    """Make sure ~/.asv-machine.json describes machine ``name`` (asv asks interactively otherwise).
+# what makes two boxes one machine in a history: the OS release and a few bytes of RAM may change
+# between boots of the same runner; another CPU model or core count is another machine
+SAME_MACHINE_KEYS = ("arch", "cpu", "num_cpu")
 
-    ``asv machine --yes --machine NAME`` would record the name alone; this records the
-    detected os/cpu/ram under the pinned name, so every run lands in one series.
+
+def ensure_asv_machine(name: str = MACHINE, results: Path | str = "results") -> None:
+    """Make sure ~/.asv-machine.json describes machine ``name`` as this box (asv asks interactively otherwise).
+
+    ``asv machine --yes --machine NAME`` would record the name alone; this records the detected
+    arch/cpu/ram under the pinned name, so every run of one runner lands in one series. Where
+    ``results/NAME/machine.json`` exists and describes another box (``SAME_MACHINE_KEYS``), this
+    raises ``LumiError``: its results would join a different machine's history and a hardware
+    change would read as a code change. Give each runner its own name instead.
     """
     from asv.machine import Machine, MachineCollection
 
+    info = Machine.get_defaults()
+    info["machine"] = name
+    recorded = Path(results) / name / "machine.json"
+    if recorded.exists():
+        try:
+            theirs = json.loads(recorded.read_text())
+        except (OSError, ValueError) as e:
+            raise LumiError(f"{recorded}: not readable JSON ({e})") from None
+        differ = [k for k in SAME_MACHINE_KEYS if str(theirs.get(k)) != str(info.get(k))]
+        if differ:
+            what = ", ".join(f"{k} {theirs.get(k)!r} there, {info.get(k)!r} here" for k in differ)
+            raise LumiError(f"{recorded}: machine {name!r} is another box ({what}); its history would mix the "
+                            f"two. Name this one, e.g. LUMI_ASV_MACHINE={name}-{_slug(info.get('cpu'))} tox -e bench "
+                            f"(or asv --machine NAME)")
     try:
-        MachineCollection.load(name)
+        described = MachineCollection.load(name)
     except Exception:  # asv.util.UserError: not described yet
-        info = Machine.get_defaults()
-        info["machine"] = name
+        described = None
+    if described is None or any(str(described.get(k)) != str(info.get(k)) for k in SAME_MACHINE_KEYS):
         MachineCollection.save(name, info)
+
+
+def _slug(text) -> str:
+    words = "".join(c if c.isalnum() else " " for c in str(text or "box").lower()).split()
+    return "-".join(w for w in words if w not in ("r", "processor", "cpu", "tm"))[:24] or "box"
 
 
 def run(args) -> int:
