@@ -353,3 +353,21 @@ def test_keep_first_keeps_the_earlier_measurement_and_says_so(project, tmp_path)
     lines = merge_results([rerun, a], results, keep=True)
     assert victim.name in lines[-1] and "kept the earlier" in lines[-1]
     assert (results / "lumi-bench" / victim.name).read_text() == victim.read_text()
+
+
+def test_an_existing_environments_results_are_keyed_by_version_not_path(tmp_path):
+    import sys
+
+    from lumi.bench.asv_tier import existing_as_version
+
+    folder = tmp_path / "lumi-bench"
+    folder.mkdir()
+    path = folder / "abcdef12-existing-py_some_checkout_.tox_bench_bin_python.json"
+    path.write_text(json.dumps({"python": sys.executable, "params": {"machine": "lumi-bench", "python": sys.executable}}))
+    old = folder / "abcdef00-virtualenv-py3.11.json"
+    old.write_text(json.dumps({"python": "3.11", "params": {"python": "3.11"}}))
+    assert existing_as_version(folder) == [path]
+    version = "%d.%d" % sys.version_info[:2]
+    doc = json.loads(path.read_text())
+    assert doc["python"] == doc["params"]["python"] == version
+    assert existing_as_version(folder) == []  # once is enough

@@ -21,15 +21,18 @@
         return ticks;
     }
 
-    // at most n of the plotted commits, evenly chosen, labelled by short hash
+    // at most n of the plotted commits, labelled by short hash, at least 1/n of the axis apart
     function revisionTicks(series, n) {
         var seen = {};
         series.forEach(function (s) { s.data.forEach(function (p) { seen[p[0]] = true; }); });
         var revs = Object.keys(seen).map(Number).sort(function (a, b) { return a - b; });
-        var step = Math.max(1, Math.ceil(revs.length / n));
-        return revs.filter(function (r, i) { return i % step === 0; }).map(function (r) {
-            return [r, (data.revisions[String(r)] || ["?"])[0]];
+        var gap = (revs[revs.length - 1] - revs[0]) / n, ticks = [];
+        revs.forEach(function (r) {
+            if (!ticks.length || r - ticks[ticks.length - 1][0] >= gap) {
+                ticks.push([r, (data.revisions[String(r)] || ["?"])[0]]);
+            }
         });
+        return ticks;
     }
 
     function graphLink(benchmark, config, machine) {
