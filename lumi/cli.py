@@ -34,8 +34,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _kernels_option(p) -> None:
-    p.add_argument("--kernels", default="numpy", choices=list(KERNELS),
-                   help="numpy (default): the pure NumPy path; numba: fused one-pass kernels for decode's "
+    p.add_argument("--kernels", default="auto", choices=["auto", *KERNELS],
+                   help="auto (default): numba for fp16 weights when numba is installed, else numpy; "
+                        "numpy: the pure NumPy path; numba: fused one-pass kernels for decode's "
                         "products (16-bit and int8 weights read once, no float32 copy; needs lumi[fused])")
 
 

@@ -27,6 +27,7 @@ class Stats:
     # wall time from the first decode step's start to the last one's end, with whatever consumes the tokens in
     # between: a GPU step launched ahead (``cuda.StepGraph``) runs during it, so only the wall time is a token's cost
     decode_s: float = 0.0
+    decode_path: str | None = None  # what ran the decode steps (``Model.decode_path``): numpy, numba, a GPU's step
 
     @property
     def prefill_tokens_per_s(self) -> float | None:
@@ -49,6 +50,7 @@ class Stats:
             "decode_s": self.decode_s,
             "decode_s_per_token": self.decode_s_per_token,
             "decode_tokens_per_s": self.decode_tokens_per_s,
+            "decode_path": self.decode_path,
         }
 
     def summary(self) -> str:
@@ -57,6 +59,7 @@ class Stats:
             f"prefill {self.prefill_tokens} tok at {fmt(self.prefill_tokens_per_s, '.1f')} tok/s, "
             f"decode {self.decode_tokens} tok at {fmt(self.decode_tokens_per_s, '.1f')} tok/s "
             f"({fmt(self.decode_s_per_token, '.4f')} s/token)"
+            + (f" on the {self.decode_path} path" if self.decode_path and self.decode_tokens else "")
         )
 
 
@@ -86,18 +89,21 @@ class Generation:
         self.stats.prefill_tokens, self.stats.prefill_s = len(self.prompt_ids), time.perf_counter() - t0
         with model.decoding():
             start = None
-            for pos in range(P, P + self.max_new_tokens):
-                self.generated_ids.append(token)
-                yield token
-                if token in self.stop_ids:
-                    self.finish_reason = "stop"
-                    return
-                if pos == P + self.max_new_tokens - 1:
-                    break
-                start = time.perf_counter() if start is None else start
-                token = model.next_token([token], pos, self.sampling, self.rng)
-                self.stats.decode_s = time.perf_counter() - start
-                self.stats.decode_tokens += 1
+            try:
+                for pos in range(P, P + self.max_new_tokens):
+                    self.generated_ids.append(token)
+                    yield token
+                    if token in self.stop_ids:
+                        self.finish_reason = "stop"
+                        return
+                    if pos == P + self.max_new_tokens - 1:
+                        break
+                    start = time.perf_counter() if start is None else start
+                    token = model.next_token([token], pos, self.sampling, self.rng)
+                    self.stats.decode_s = time.perf_counter() - start
+                    self.stats.decode_tokens += 1
+            finally:  # also when the caller stops early (Ctrl-C, close())
+                self.stats.decode_path = model.decode_path()
         self.finish_reason = "length"
 
     def run(self) -> Generation:

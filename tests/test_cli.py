@@ -17,7 +17,7 @@ from lumi.formats.llama2c import write_llama2c
 from lumi.formats.synthetic import synthetic_weights
 
 STATS = ["prefill_tokens", "prefill_s", "prefill_tokens_per_s", "decode_tokens", "decode_s", "decode_s_per_token",
-         "decode_tokens_per_s"]
+         "decode_tokens_per_s", "decode_path"]
 
 
 def run(capsys, *argv):
@@ -42,6 +42,7 @@ def test_streaming_ids_and_closing_line(capsys):
     assert code == 0
     assert len(out.split()) == 5 and all(t.isdigit() for t in out.split())
     assert "prefill" in err and "tok/s" in err and "s/token" in err
+    assert err.strip().endswith("on the numpy path")  # fp32: auto keeps the NumPy path
 
 
 def test_seeded_sampling_is_reproducible(capsys):

@@ -173,6 +173,26 @@ def test_cli_generate_with_numba_kernels(capsys):
     assert fast == json.loads(capsys.readouterr().out)["generated_ids"]
 
 
+def test_auto_kernels_take_the_fused_path_for_fp16_and_say_so(capsys):
+    code = main(["generate", "synthetic:stories260K", "--prompt-ids", "1", "-n", "8", "--dtype", "fp16", "--json"])
+    assert code == 0
+    auto = json.loads(capsys.readouterr().out)
+    assert auto["stats"]["decode_path"] == "numba"
+    main(["generate", "synthetic:stories260K", "--prompt-ids", "1", "-n", "8", "--dtype", "fp16", "--json",
+          "--kernels", "numpy"])
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["stats"]["decode_path"] == "numpy" and plain["generated_ids"] == auto["generated_ids"]
+    main(["generate", "synthetic:stories260K", "--prompt-ids", "1", "-n", "4", "--dtype", "fp16"])
+    assert capsys.readouterr().err.strip().endswith("on the numba path")
+    assert lumi.load_model("synthetic:stories260K", dtype="bf16").kernels == "numpy"  # only fp16 is moved
+
+
+def test_auto_kernels_without_numba_keep_the_numpy_path(monkeypatch):
+    monkeypatch.setattr(fused, "missing", lambda: "numba is not installed (pip install 'lumi[fused]')")
+    assert fused.resolve("auto", "fp16") == "numpy"
+    assert lumi.load_model("synthetic:stories260K", dtype="fp16").decode_path() == "numpy"
+
+
 def test_missing_numba_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setattr(fused, "missing", lambda: "numba is not installed (pip install 'lumi[fused]')")
     with pytest.raises(UsageError, match=r"--kernels: numba is not installed"):

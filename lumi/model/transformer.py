@@ -185,6 +185,12 @@ class Model:
             return "cuda-graph"
         return "lumi-kernels" if self.positions else "array-functions"
 
+    def decode_path(self) -> str:
+        """What runs this model's one-token steps: on the host "numpy" (the NumPy path) or "numba" (the fused
+        kernels), on a GPU ``gpu_step()``'s answer; both, joined by " + ", for a partial offload."""
+        host = any(d.host_memory for d in self.placement) or self.head.host_memory
+        return " + ".join(p for p in (self.kernels if host else None, self.gpu_step()) if p)
+
     # -- entry points --------------------------------------------------------
 
     def forward(self, tokens, start_pos: int):

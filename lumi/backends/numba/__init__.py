@@ -34,6 +34,9 @@ from ..cpu import BLAS
 from .constants import PARALLEL_MIN_BYTES, PHASES  # noqa: F401 (read by profiles and tests)
 
 KERNELS = ("numpy", "numba")  # "numpy": the pure NumPy path, always present and the reference
+# what "auto" picks the fused path for: NumPy casts float16 one element at a time (its product takes several
+# times fp32's), where the fused kernel converts in registers; fp32, bf16 and int8 keep NumPy's path, the reference
+AUTO_FUSED_DTYPES = ("fp16",)
 _BITS = {"bf16": np.uint16, "fp16": np.int16}  # the views that tell the kernels which 16-bit format they read
 
 
@@ -44,6 +47,14 @@ def missing() -> str | None:
     except ImportError:
         return "numba is not installed (pip install 'lumi[fused]')"
     return None
+
+
+def resolve(kernels: str, dtype: str) -> str:
+    """``kernels`` as given, or for "auto": "numba" where the dtype is in ``AUTO_FUSED_DTYPES`` and numba is
+    installed, else "numpy"."""
+    if kernels != "auto":
+        return kernels
+    return "numba" if dtype in AUTO_FUSED_DTYPES and not missing() else "numpy"
 
 
 def check_kernels(kernels: str) -> None:
