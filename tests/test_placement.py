@@ -46,7 +46,9 @@ def test_logits_match_the_cpu_for_every_placement(gpu_layers):
         assert isinstance(cache_kv, DeviceArray) == (layer.device is FAKE)
     logits = model.forward(tokens, 0)
     assert type(logits) is np.ndarray  # logits come back to the host
-    assert np.abs(logits - expected).max() < 1e-5
+    # the host's float32 products read column-major matrices and the device's rows: other summation orders,
+    # float32 rounding apart (logits up to about 30 here)
+    assert np.abs(logits - expected).max() < 5e-6 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("gpu_layers, h2d, d2h", [(0, 0, 0), (2, 1, 1), (5, 1, 1), (-1, 1, 1)])
@@ -147,7 +149,11 @@ def test_weights_made_on_a_device_convert_there_as_on_the_host():
         for gpu_layers in (0, 2, -1):
             COPIES.clear()
             model = Model(config, DeviceWeights(config, FAKE, seed=2), dtype=dtype, device=FAKE, gpu_layers=gpu_layers)
-            assert np.array_equal(model.forward(tokens, 0), expected), (dtype, gpu_layers)
+            logits = model.forward(tokens, 0)
+            if dtype == "fp32" and gpu_layers != 0:  # the device's products read rows, the host's column-major
+                assert np.abs(logits - expected).max() < 5e-6 * np.abs(expected).max(), (dtype, gpu_layers)
+            else:
+                assert np.array_equal(logits, expected), (dtype, gpu_layers)
 
 
 def test_nvtx_ranges_mark_each_layer_when_asked_and_cost_nothing_when_not():

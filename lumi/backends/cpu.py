@@ -1,8 +1,9 @@
 """The CPU backend: NumPy and BLAS, and the threads that share the cores.
 
-A float32 weight's product is BLAS (``x @ w.T`` on C-contiguous (out, in)
-rows). A 16-bit or int8 weight (``storage.HalfMatrix``, ``storage.BlockQ8``)
-is widened to float32 a cache-sized block of rows at a time inside the product
+A float32 weight's product is BLAS (``x @ w.T``, the weight column-major so
+that BLAS streams a C-contiguous (in, out) matrix: ``model.layers``). A
+16-bit or int8 weight (``storage.HalfMatrix``, ``storage.BlockQ8``) is
+widened to float32 a cache-sized block of rows at a time inside the product
 (``widened_matmul_t``); one token's bf16 and int8 rows go through a single
 einsum a thread share (``matvec_rows``), whose buffered cast stays in L1 with
 the GIL released. Large one-token products split their rows over Python

@@ -29,7 +29,8 @@ pays nothing, since nothing here is imported by the engine):
 - ``to_host_per_step`` / ``to_device_per_step`` (a GPU backend): copies across the device's boundary per
   decode step, staged ones included (``count_transfers``; a test runs it on the emulated CUDA device);
 - ``weight_bytes``: bytes held per storage kind after load (a 16-bit model widened at load shows as fp32),
-  and ``noncontiguous_weights``: weights the products would read through a strided view.
+  and ``noncontiguous_weights``: weights the products would read through a strided view (contiguous in
+  neither order: the host's float32 matrices are column-major on purpose, ``model.layers``).
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ def storage_kind(w) -> tuple[str, bool]:
         held = getattr(w, "a", w)
     kind = getattr(w, "storage", None) or {"float32": "fp32", "float16": "fp16", "float64": "fp64"}.get(
         str(getattr(held, "dtype", "")), str(getattr(held, "dtype", type(w).__name__)))
-    contiguous = bool(getattr(getattr(held, "flags", None), "c_contiguous", True))
+    flags = getattr(held, "flags", None)  # column-major float32 (model.layers) is contiguous too
+    contiguous = flags is None or bool(flags.c_contiguous or flags.f_contiguous)
     return kind, contiguous
 
 

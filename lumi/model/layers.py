@@ -1,10 +1,16 @@
 """A transformer layer's weights, checked against the config and placed on their devices in storage form.
 
-Each weight is held once, in the layout its product wants: (out, in) rows,
-C-contiguous, in the run's storage dtype (``lumi.storage``), with q/k/v and
-gate/up stacked into one product each (``config.STACKED_ROWS``). A weight
-bound for a GPU is uploaded in its stored width (``backends.cuda.storage``);
-one drawn on a GPU (``formats.synthetic.DeviceWeights``) is converted there.
+Each weight is held once, in the layout its product wants, in the run's
+storage dtype (``lumi.storage``), with q/k/v and gate/up stacked into one
+product each (``config.STACKED_ROWS``): (out, in) rows, C-contiguous, except a
+float32 matrix on the host under the NumPy kernels, which is column-major
+(``order="F"``: the same (out, in) shape, F-contiguous). Its product ``x @ w.T``
+is then BLAS's non-transposed GEMV/GEMM over a C-contiguous (in, out) matrix,
+which OpenBLAS streams markedly faster than it reads (out, in) rows one token at
+a time, and no slower for a prompt (docs/performance.md). The fused kernels
+read rows, so under them every matrix is C-contiguous. A weight bound for a GPU
+is uploaded in its stored width (``backends.cuda.storage``); one drawn on a GPU
+(``formats.synthetic.DeviceWeights``) is converted there.
 """
 
 from __future__ import annotations
@@ -42,21 +48,25 @@ def vector(device: Device, source: Device, *arrays):
     return device.to_device(np.ascontiguousarray(np.concatenate([to_float32(a) for a in arrays])))
 
 
-def matrix(device: Device, source: Device, dtype: str, *arrays):
+def matrix(device: Device, source: Device, dtype: str, *arrays, order: str = "C"):
     """A matrix in its storage dtype, the rows of several stacked, on the device (on the host: in the process's memory).
 
     ``source``: where ``arrays`` are; weights made on a GPU are converted there,
     and only their stored bytes come to the host for layers placed there.
+    ``order="F"``: a float32 matrix on the host is held column-major (see the module doc).
     """
     if not source.host_memory:
         w = stack_on_device([convert_on_device(a, dtype, source.xp) for a in arrays], source.xp)
         if device is source:
             return w
         if dtype == "fp32":
-            return device.to_device(source.to_host(w))
+            host = source.to_host(w)
+            return np.asfortranarray(host) if order == "F" and device.host_memory else device.to_device(host)
         host = w.to_host(source)  # a HalfMatrix or BlockQ8 of the stored bytes
         return host if device.host_memory else DeviceMatrix.upload(host, device)
-    w = resident(to_storage(stack_rows(list(arrays)), dtype))
+    w = to_storage(stack_rows(list(arrays)), dtype)
+    # one copy out of the file map either way: column-major straight from it, else into the process's memory
+    w = np.asfortranarray(w) if order == "F" and device.host_memory and isinstance(w, np.ndarray) else resident(w)
     for a in arrays:  # copied out: the file's pages need not stay in this process's resident set
         release(a)
     if isinstance(w, np.ndarray):
@@ -79,8 +89,9 @@ def check_weights(config: ModelConfig, weights) -> None:
             raise LumiError(f"weight {name} has shape {tuple(shapes[name])}, config needs {shape}")
 
 
-def place_layers(config: ModelConfig, weights, dtype: str, placement: list[Device]) -> list[Layer]:
-    """Each layer's weights in storage ``dtype`` on its device (``placement[i]``), its file pages released."""
+def place_layers(config: ModelConfig, weights, dtype: str, placement: list[Device], order: str = "C") -> list[Layer]:
+    """Each layer's weights in storage ``dtype`` on its device (``placement[i]``), its file pages released;
+    ``order`` as ``matrix``'s, for the host's float32 matrices."""
     w, source = weights, getattr(weights, "device", CPU)
     layers = []
     for i, dev in enumerate(placement):
@@ -91,12 +102,12 @@ def place_layers(config: ModelConfig, weights, dtype: str, placement: list[Devic
         layers.append(
             Layer(
                 attention_norm=vector(dev, source, w[p + "attention_norm"]),
-                wqkv=matrix(dev, source, dtype, *(w[p + n] for n in STACKED_ROWS[0])),
+                wqkv=matrix(dev, source, dtype, *(w[p + n] for n in STACKED_ROWS[0]), order=order),
                 bqkv=bias,
-                wo=matrix(dev, source, dtype, w[p + "attention.wo"]),
+                wo=matrix(dev, source, dtype, w[p + "attention.wo"], order=order),
                 ffn_norm=vector(dev, source, w[p + "ffn_norm"]),
-                w13=matrix(dev, source, dtype, *(w[p + n] for n in STACKED_ROWS[1])),
-                w2=matrix(dev, source, dtype, w[p + "feed_forward.w2"]),
+                w13=matrix(dev, source, dtype, *(w[p + n] for n in STACKED_ROWS[1]), order=order),
+                w2=matrix(dev, source, dtype, w[p + "feed_forward.w2"], order=order),
                 device=dev,
             )
         )

@@ -28,12 +28,12 @@ NEG_INF = np.float32(-np.inf)
 
 
 def linear(x, w, residual=None):
-    """x (T, in) @ w.T -> (T, out), w stored (out, in) C-contiguous; added into ``residual`` when given.
+    """x (T, in) @ w.T -> (T, out), w stored (out, in); added into ``residual`` when given.
 
-    Rows of ``w`` are the dot products the product streams through; BLAS takes
-    the transposed view as a flag, with no copy. A weight that is not
-    C-contiguous here (a transposed view of an (in, out) array, the slowdown the
-    seed found) is a bug, and the layout test catches it. 16-bit and int8
+    A float32 ``w`` on the host is column-major (``model.layers``), so ``w.T`` is a
+    C-contiguous (in, out) matrix and the product BLAS's plain GEMV/GEMM; any
+    other layout is C-contiguous rows. A weight that is neither (a strided view,
+    the slowdown the seed found) is a bug, and the layout test catches it. 16-bit and int8
     weights are widened a block of rows at a time (``backends.cpu.widened_matmul_t``
     on the host, ``DeviceMatrix.matmul_t`` on a GPU).
     ``residual`` (T, out) is the residual stream: the product is added into it

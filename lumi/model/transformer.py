@@ -71,11 +71,16 @@ class Model:
         self.head = device if head_on_device else CPU  # embedding, final norm, classifier
         self.placement = [device if d else CPU for d in on_device]
         w, source = weights, getattr(weights, "device", CPU)
-        # the head first: its big tables are converted while the device's memory is emptiest
-        self.tok_embeddings = matrix(self.head, source, dtype, w["tok_embeddings"])  # (V, d)
+        # the host's float32 products under the NumPy kernels read column-major matrices (``layers``' module doc)
+        order = "F" if kernels == "numpy" else "C"
+        # the head first: its big tables are converted while the device's memory is emptiest. A tied table is the
+        # classifier's matrix (the lookup reads one row of it a token); an untied one only serves row lookups.
+        self.tok_embeddings = matrix(self.head, source, dtype, w["tok_embeddings"],
+                                     order=order if config.tie_embeddings else "C")  # (V, d)
         self.norm = vector(self.head, source, w["norm"])  # (d,)
-        self.output = self.tok_embeddings if config.tie_embeddings else matrix(self.head, source, dtype, w["output"])
-        self.layers = place_layers(config, weights, dtype, self.placement)
+        self.output = self.tok_embeddings if config.tie_embeddings else matrix(self.head, source, dtype, w["output"],
+                                                                               order=order)
+        self.layers = place_layers(config, weights, dtype, self.placement, order)
         self.eps = F32(config.norm_eps)
         self.devices = {self.head, *self.placement}  # every device the model uses
         self.rope = {}  # device -> (cos, sin), each (max_seq_len, hd/2), on every device a layer uses
