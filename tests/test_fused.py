@@ -410,3 +410,26 @@ def test_a_decode_loaded_from_numbas_cache_runs(tmp_path):
     assert [r.returncode for r in runs] == [0, 0, 0], runs[-1].stderr[-2000:]
     assert len({r.stdout for r in runs}) == 1 and len(eval(runs[0].stdout)) == 8
     assert list(tmp_path.rglob("kernels.layers-*.nbi"))  # the last run had it to load
+
+
+def test_a_blas_loaded_after_the_limit_neither_outvotes_nor_escapes_it(monkeypatch):
+    """SciPy's OpenBLAS, which importing numba loads, starts at its own default (the machine's cores): the thread
+    count is NumPy's BLAS's, and ``adopt`` brings the newcomer to it."""
+    from lumi.backends.cpu import _Blas
+
+    class Lib:
+        def __init__(self, path, n):
+            self.filepath, self.n = path, n
+
+        def get_num_threads(self):
+            return self.n
+
+        def set_num_threads(self, n):
+            self.n = n
+
+    numpy_lib, scipy_lib = Lib("/site-packages/numpy.libs/libopenblas.so", 1), Lib("/site-packages/scipy.libs/x.so", 2)
+    blas = _Blas()
+    monkeypatch.setattr(blas, "_handles", lambda: [scipy_lib, numpy_lib])  # load order is not NumPy first
+    assert blas.threads() == 1
+    blas.adopt()
+    assert (numpy_lib.n, scipy_lib.n) == (1, 1)

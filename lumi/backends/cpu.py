@@ -69,7 +69,21 @@ class _Blas:
         return self.libs
 
     def threads(self) -> int:
-        return max((lib.get_num_threads() for lib in self._handles()), default=1)
+        """NumPy's BLAS's thread count: the one the products run on, and what ``thread_limit`` holds. A library
+        loaded after a limit was applied (SciPy's OpenBLAS, which importing numba loads) starts at its own
+        default until ``adopt``; counting it would turn one thread into two."""
+        libs = self._handles()
+        if not libs:
+            return 1
+        numpy_own = [lib for lib in libs if "numpy" in str(getattr(lib, "filepath", ""))]
+        return (numpy_own or libs)[0].get_num_threads()
+
+    def adopt(self) -> None:
+        """Libraries loaded since the handles were made join them at NumPy's BLAS's thread count (the one in force):
+        call after importing something that may load its own BLAS."""
+        n = self.threads()
+        self.libs = self._parkers = None
+        self.set(n)
 
     def set(self, n: int) -> None:
         for lib in self._handles():

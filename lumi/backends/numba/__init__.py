@@ -6,8 +6,8 @@ pass of its own that NumPy cannot fuse into the product. Here numba compiles a
 matrix-vector product that reads each stored row once, widens each element in
 a register (bf16: shift into a float's high half; fp16: the CPU's own
 half-to-float conversion; int8: times its block's scale), accumulates in
-float32, and takes four rows per pass over the input vector. fp32 weights get
-the same four-row kernel. A one-token step (each layer's RMSNorm, products,
+float32, one whole row at a time (int8: four, in LLVM's vector IR). fp32 weights get
+the same kernel. A one-token step (each layer's RMSNorm, products,
 RoPE, cache store, attention and SwiGLU, then the final norm and the
 classifier) is one numba call (``layers``), where NumPy takes dozens a layer;
 with its scratch and the other outputs passed in (``ops`` keeps them from step
@@ -46,6 +46,7 @@ def missing() -> str | None:
         import numba  # noqa: F401
     except ImportError:
         return "numba is not installed (pip install 'lumi[fused]')"
+    BLAS.adopt()  # importing numba loads SciPy's OpenBLAS, if installed, at its default thread count
     return None
 
 
@@ -156,6 +157,7 @@ def one_pool():
     global _shares
     import numba
 
+    BLAS.adopt()
     threads = BLAS.threads()
     _shares = _numba_threads(threads)
     numba.set_num_threads(_shares)
