@@ -46,7 +46,13 @@ def checkpoint(preset: str, log=print) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         log(f"writing {path} (once)")
         config, weights = load_checkpoint(f"synthetic:{preset}?seed=0")
-        write_llama2c(path, config, weights)
+        # llama2.c pairs RoPE's features interleaved; a Hugging Face preset's (tinyllama) pairs halves. Random
+        # weights mean nothing either way, so the file is the preset's shapes under llama2.c's convention.
+        config = config.replace(rope_layout="interleaved")
+        try:
+            write_llama2c(path, config, weights)
+        except ValueError as e:  # a preset llama2.c cannot hold (attention biases)
+            raise LumiError(f"{preset}: not a llama2.c model: {e}") from None
     return path
 
 
