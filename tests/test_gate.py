@@ -204,8 +204,8 @@ def test_weights_held_as_strided_views_are_counted(planted, clean):
 
 def test_bf16_weights_widened_to_float32_at_load_are_counted(planted):
     clean_bf16 = probe(PACKAGE.parent, dtype="bf16")["counters"]["weight_bytes"]
-    old = "    w = to_storage(stack_rows(list(arrays)), dtype)"
-    new = "    w = to_storage(stack_rows(list(arrays)), 'fp32' if dtype == 'bf16' else dtype)"
+    old = "        w = resident(to_storage(stack_rows(list(arrays)), dtype))"
+    new = "        w = resident(to_storage(stack_rows(list(arrays)), 'fp32' if dtype == 'bf16' else dtype))"
     widened = probe(planted("model/layers.py", old, new), dtype="bf16")["counters"]["weight_bytes"]
     assert clean_bf16["bf16"] > 0 and "bf16" not in widened
     assert widened["fp32"] - clean_bf16["fp32"] == 2 * clean_bf16["bf16"]

@@ -180,3 +180,18 @@ def test_release_drops_a_mapped_array_from_the_resident_set_and_keeps_its_data(t
     assert before - after > 40 << 20
     assert float(mapped.sum(dtype=np.float64)) == total  # faulted back in from the page cache, unchanged
     release(np.ones((4, 4), dtype=np.float32))  # the process's own memory: nothing to do
+
+
+@pytest.mark.parametrize("rows", [[7], [1], [288], [130, 20, 20], [3, 0, 5]])
+@pytest.mark.parametrize("cols", [5, 70, 1])
+def test_column_major_stacks_exactly_with_and_without_openblas(rows, cols, monkeypatch):
+    from lumi.backends import cpu
+
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((r, cols)).astype(np.float32) for r in rows]
+    want = np.concatenate(parts)
+    fast = cpu.column_major(parts)
+    assert fast.flags.f_contiguous and fast.shape == want.shape and np.array_equal(fast, want)
+    monkeypatch.setattr(cpu.BLAS, "omatcopy", lambda: None)  # another BLAS: NumPy's copy
+    slow = cpu.column_major(parts)
+    assert slow.flags.f_contiguous and np.array_equal(slow, want)

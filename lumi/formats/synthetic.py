@@ -179,17 +179,47 @@ def _cached_weights(config: ModelConfig, preset: str, seed: int) -> dict[str, np
     return _carve(flat, config)
 
 
-def load_synthetic(spec: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    """Big shapes come memory-mapped from an on-disk cache keyed by preset and seed; small ones are drawn."""
+def load_synthetic(spec: str) -> tuple[ModelConfig, Mapping[str, np.ndarray]]:
+    """Big shapes come memory-mapped from an on-disk cache keyed by preset and seed; small ones are drawn as the
+    model asks for each tensor (``DrawnWeights``), so that converting them never holds a second copy of them all."""
     preset, seed = parse_spec(spec)
     config = PRESETS[preset]
     weights = None
     if 4 * config.n_params() >= CACHE_MIN_BYTES:
         weights = _cached_weights(config, preset, seed)
-    return config, weights if weights is not None else synthetic_weights(config, seed)
+    return config, weights if weights is not None else DrawnWeights(config, seed)
 
 
-class DeviceWeights(Mapping):
+class DrawnWeights(Mapping):
+    """Synthetic weights on the host, each tensor drawn when it is asked for and not kept: equal to
+    ``synthetic_weights``'s, tensor by tensor (each has its own generator).
+
+    A model converts its weights one at a time (column-major, stacked, narrowed): a
+    tensor drawn for that is garbage once converted, where ``synthetic_weights``'s
+    one buffer would stay whole beside the converted copy until the load ends.
+    """
+
+    def __init__(self, config: ModelConfig, seed: int = 0):
+        self.config, self.seed = config, seed
+        self.shapes = config.tensor_shapes()
+        self.index = {name: i for i, name in enumerate(self.shapes)}
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __getitem__(self, name: str):
+        shape = self.shapes[name]
+        if name.endswith("norm"):
+            return np.full(shape, _norm_value(self.config, name), dtype=np.float32)
+        a = _host_generator(self.seed, self.index[name]).random(shape, dtype=np.float32)
+        _scale(a, _std(self.config, name))
+        return a
+
+
+class DeviceWeights(DrawnWeights):
     """Synthetic weights made on a device, each tensor drawn when it is asked for and not kept.
 
     A GPU draws with CuPy's own generator, so a 7B shape costs no host memory,
@@ -202,24 +232,15 @@ class DeviceWeights(Mapping):
     """
 
     def __init__(self, config: ModelConfig, device, seed: int = 0):
-        self.config, self.device, self.seed = config, device, seed
-        self.shapes = config.tensor_shapes()
-        self.index = {name: i for i, name in enumerate(self.shapes)}
-
-    def __len__(self):
-        return len(self.shapes)
-
-    def __iter__(self):
-        return iter(self.shapes)
+        super().__init__(config, seed)
+        self.device = device
 
     def __getitem__(self, name: str):
         shape, xp = self.shapes[name], self.device.xp
-        if name.endswith("norm"):
-            return xp.full(shape, _norm_value(self.config, name), dtype=np.float32)
-        index = self.index[name]
         if not self.device.host_memory and getattr(xp, "__name__", None) == "cupy":  # drawn on the GPU itself
-            a = xp.random.RandomState(self.seed * 1_000_003 + index).random_sample(shape, dtype=np.float32)
-        else:
-            a = self.device.to_device(_host_generator(self.seed, index).random(shape, dtype=np.float32))
-        _scale(a, _std(self.config, name))
-        return a
+            if name.endswith("norm"):
+                return xp.full(shape, _norm_value(self.config, name), dtype=np.float32)
+            a = xp.random.RandomState(self.seed * 1_000_003 + self.index[name]).random_sample(shape, dtype=np.float32)
+            _scale(a, _std(self.config, name))
+            return a
+        return self.device.to_device(super().__getitem__(name))

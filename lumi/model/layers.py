@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends import CPU, Device
+from ..backends.cpu import column_major
 from ..backends.cuda.storage import DeviceMatrix, convert_on_device, stack_on_device
 from ..config import STACKED_ROWS, ModelConfig
 from ..errors import LumiError
@@ -61,12 +62,13 @@ def matrix(device: Device, source: Device, dtype: str, *arrays, order: str = "C"
             return w
         if dtype == "fp32":
             host = source.to_host(w)
-            return np.asfortranarray(host) if order == "F" and device.host_memory else device.to_device(host)
+            return column_major([host]) if order == "F" and device.host_memory else device.to_device(host)
         host = w.to_host(source)  # a HalfMatrix or BlockQ8 of the stored bytes
         return host if device.host_memory else DeviceMatrix.upload(host, device)
-    w = to_storage(stack_rows(list(arrays)), dtype)
-    # one copy out of the file map either way: column-major straight from it, else into the process's memory
-    w = np.asfortranarray(w) if order == "F" and device.host_memory and isinstance(w, np.ndarray) else resident(w)
+    if order == "F" and dtype == "fp32" and device.host_memory:  # one copy out of the file map, stacked there
+        w = column_major([to_float32(a) for a in arrays])
+    else:
+        w = resident(to_storage(stack_rows(list(arrays)), dtype))
     for a in arrays:  # copied out: the file's pages need not stay in this process's resident set
         release(a)
     if isinstance(w, np.ndarray):
