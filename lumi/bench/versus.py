@@ -9,8 +9,10 @@ One sample is one fresh process: greedy decoding from BOS (id 1) over ``--steps`
 end-of-sequence ignored. Its speed is llama2.c's own figure, positions 2..steps timed after the
 first forward pass ("achieved tok/s"), and for lumi ``lumi generate``'s decode tok/s, the same
 steps (the BOS prompt's forward pass is the prefill, untimed). Rounds alternate the engines so
-that the machine's drift falls on all of them alike; the table gives medians and each engine's
-ratio to llama2.c, and how many greedy ids agree with llama2.c's (the speeds are of the same
+that the machine's drift falls on all of them alike; the table gives each engine's median tok/s
+and its ratio to llama2.c: the median over rounds of the ratio within a round (on a shared
+machine whose bandwidth moves by tens of percent between minutes, a round's engines saw the same
+weather; a ratio of medians mixes rounds), and how many greedy ids agree with llama2.c's (the speeds are of the same
 answer only where all do; float32 sums in another order may flip a near-tie late).
 
 Threads: ``OMP_NUM_THREADS`` for llama2.c, ``--threads`` for lumi (BLAS, and numba's pool with
@@ -75,6 +77,12 @@ def sample(engine: str, llama2c: Path, model: Path, steps: int, threads: int) ->
     return result["stats"]["decode_tokens_per_s"], result["generated_ids"]
 
 
+def paired_ratios(rates: dict[str, list[float]]) -> dict[str, float]:
+    """Each engine's median over rounds of its tok/s over llama2.c's in the same round."""
+    base = rates["llama2.c"]
+    return {e: statistics.median(a / b for a, b in zip(v, base)) for e, v in rates.items()}
+
+
 def agreed(ids: list[int], reference: list[int]) -> int:
     n = 0
     for a, b in zip(ids, reference):
@@ -101,9 +109,9 @@ def run(llama2c: Path, presets: list[str], threads: list[int], rounds: int, step
                     rates[engine].append(rate)
                     ids.setdefault(engine, got)
                     log(f"{preset} threads={t} round {r + 1}/{rounds} {engine}: {rate:.1f} tok/s")
-            med = {e: statistics.median(v) for e, v in rates.items()}
-            rows.append({"preset": preset, "threads": t, "steps": n, "samples": rates, "median": med,
-                         "ratio": {e: med[e] / med["llama2.c"] for e in engines},
+            rows.append({"preset": preset, "threads": t, "steps": n, "samples": rates,
+                         "median": {e: statistics.median(v) for e, v in rates.items()},
+                         "ratio": paired_ratios(rates),
                          "ids_agree": {e: agreed(ids[e], ids["llama2.c"]) for e in engines}})
     return rows
 
