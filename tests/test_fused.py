@@ -412,9 +412,9 @@ def test_a_decode_loaded_from_numbas_cache_runs(tmp_path):
     assert list(tmp_path.rglob("kernels.layers-*.nbi"))  # the last run had it to load
 
 
-def test_a_blas_loaded_after_the_limit_neither_outvotes_nor_escapes_it(monkeypatch):
-    """SciPy's OpenBLAS, which importing numba loads, starts at its own default (the machine's cores): the thread
-    count is NumPy's BLAS's, and ``adopt`` brings the newcomer to it."""
+def test_a_blas_loaded_after_the_limit_does_not_outvote_it(monkeypatch):
+    """SciPy's OpenBLAS, which numba loads once its kernels run, starts at its own default (the machine's cores):
+    the thread count is NumPy's BLAS's, whatever the load order."""
     from lumi.backends.cpu import _Blas
 
     class Lib:
@@ -424,12 +424,19 @@ def test_a_blas_loaded_after_the_limit_neither_outvotes_nor_escapes_it(monkeypat
         def get_num_threads(self):
             return self.n
 
-        def set_num_threads(self, n):
-            self.n = n
-
-    numpy_lib, scipy_lib = Lib("/site-packages/numpy.libs/libopenblas.so", 1), Lib("/site-packages/scipy.libs/x.so", 2)
     blas = _Blas()
-    monkeypatch.setattr(blas, "_handles", lambda: [scipy_lib, numpy_lib])  # load order is not NumPy first
+    libs = [Lib("/site-packages/scipy.libs/libscipy_openblas.so", 2), Lib("/site-packages/numpy.libs/libopenblas.so", 1)]
+    monkeypatch.setattr(blas, "_handles", lambda: libs)  # load order is not NumPy first
     assert blas.threads() == 1
-    blas.adopt()
-    assert (numpy_lib.n, scipy_lib.n) == (1, 1)
+
+
+def test_one_thread_stays_one_thread_with_numba_kernels():
+    from threadpoolctl import threadpool_limits
+
+    model = Model(PRESETS["stories260K"], synthetic_weights(PRESETS["stories260K"]), kernels="numba")
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(2):  # the first generation loads the kernels (and whatever BLAS numba brings)
+            lumi.generate(model, [1], 4, ignore_eos=True).run()
+            assert BLAS.threads() == 1
+            with model.decoding():
+                assert fused.threads() == 1

@@ -72,20 +72,15 @@ class _Blas:
 
     def threads(self) -> int:
         """NumPy's BLAS's thread count: the one the products run on, and what ``thread_limit`` holds. A library
-        loaded after a limit was applied (SciPy's OpenBLAS, which importing numba loads) starts at its own
-        default until ``adopt``; counting it would turn one thread into two."""
-        libs = self._handles()
-        if not libs:
-            return 1
-        numpy_own = [lib for lib in libs if "numpy" in str(getattr(lib, "filepath", ""))]
-        return (numpy_own or libs)[0].get_num_threads()
+        loaded after a limit was applied (SciPy's OpenBLAS, which numba loads once its kernels run) starts at its
+        own default, the machine's cores; lumi never calls it, but counting it turned one thread into two."""
+        lib = self._numpy_lib()
+        return lib.get_num_threads() if lib is not None else 1
 
-    def adopt(self) -> None:
-        """Libraries loaded since the handles were made join them at NumPy's BLAS's thread count (the one in force):
-        call after importing something that may load its own BLAS."""
-        n = self.threads()
-        self.libs = self._parkers = None
-        self.set(n)
+    def _numpy_lib(self):
+        """The BLAS NumPy itself loaded (the first library where none is NumPy's), or None without BLAS."""
+        libs = self._handles()
+        return next((lib for lib in libs if "numpy" in str(getattr(lib, "filepath", ""))), libs[0] if libs else None)
 
     def set(self, n: int) -> None:
         for lib in self._handles():
@@ -110,17 +105,17 @@ class _Blas:
             shutdown()
         return bool(self._parkers)
 
-
     def omatcopy(self):
         """NumPy's OpenBLAS's out-of-place transpose (``cblas_somatcopy``, a ctypes function), or None where its
         BLAS has none (or is not OpenBLAS). ILP64 builds name it with a ``64_`` suffix (NumPy's own wheels: with a ``scipy_``
         prefix too) and take 64-bit sizes; the others take C ints."""
         if self._omatcopy is None:
             self._omatcopy = False
-            libs = [lib for lib in self._handles() if lib.internal_api == "openblas" and "numpy" in str(lib.filepath)]
-            for lib in libs[:1]:
-                for name, index in (("scipy_cblas_somatcopy64_", ctypes.c_int64), ("cblas_somatcopy64_", ctypes.c_int64),
-                                    ("scipy_cblas_somatcopy", ctypes.c_int), ("cblas_somatcopy", ctypes.c_int)):
+            lib = self._numpy_lib()
+            names = (("scipy_cblas_somatcopy64_", ctypes.c_int64), ("cblas_somatcopy64_", ctypes.c_int64),
+                     ("scipy_cblas_somatcopy", ctypes.c_int), ("cblas_somatcopy", ctypes.c_int))
+            if lib is not None and lib.internal_api == "openblas":
+                for name, index in names:
                     fn = getattr(lib.dynlib, name, None)
                     if fn is not None:
                         fn.argtypes = [ctypes.c_int, ctypes.c_int, index, index, ctypes.c_float, ctypes.c_void_p,

@@ -34,9 +34,10 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] not in TIERS:
         print(f"usage: python -m lumi.bench.asv_tier {{{','.join(TIERS)}}} ASV-ARGS...", file=sys.stderr)
         return 2
-    if "--machine" in argv[:-1]:
+    machine = argv[argv.index("--machine") + 1] if "--machine" in argv[:-1] else None
+    if machine is not None:
         try:
-            ensure_asv_machine(argv[argv.index("--machine") + 1])
+            ensure_asv_machine(machine)
         except LumiError as e:
             print(f"lumi: error: {e}", file=sys.stderr)
             return 2
@@ -44,8 +45,8 @@ def main(argv: list[str]) -> int:
     print("+ " + " ".join(command), file=sys.stderr, flush=True)
     started = time.time()
     code = subprocess.call(command)
-    if "--machine" in argv[:-1]:
-        for path in existing_as_version(Path("results") / argv[argv.index("--machine") + 1], since=started):
+    if machine is not None:
+        for path in existing_as_version(Path("results") / machine, since=started):
             print(f"lumi: {path}: python recorded as its version", file=sys.stderr)
     return code
 

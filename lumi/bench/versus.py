@@ -34,7 +34,7 @@ from ..errors import LumiError
 from ..formats import load_checkpoint
 from ..formats.llama2c import write_llama2c
 from ..formats.synthetic import cache_dir
-from .env import _cpu_model, blas_info
+from .env import environment
 
 ENGINES = ("llama2.c", "numpy", "numba")
 # positions decoded per sample: enough for a steady median, few enough that a 1B model's round stays short
@@ -117,9 +117,11 @@ def run(llama2c: Path, presets: list[str], threads: list[int], rounds: int, step
 
 
 def markdown(rows: list[dict], engines=ENGINES) -> str:
-    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']})" for b in blas_info()) or "none"
-    lines = [f"CPU: {_cpu_model()}, {os.cpu_count()} cores; BLAS: {blas}; OPENBLAS_CORETYPE="
-             f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}",
+    env = environment()
+    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']})" for b in env["blas"]) or "none"
+    settings = ", ".join(f"{k}={env['openblas_env'].get(k, '(unset)')}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))
+    lines = [f"lumi {env['lumi_version']} at {env['git_commit'] or 'an unknown commit'}; CPU: {env['cpu']}, "
+             f"{env['cpu_cores']} cores; BLAS: {blas}; {settings}",
              "", "| model | threads | steps | " + " | ".join(f"{e} tok/s" for e in engines) + " | ids agreeing |",
              "|---|---|---|" + "---|" * len(engines) + "---|"]
     for row in rows:

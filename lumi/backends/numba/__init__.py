@@ -46,7 +46,6 @@ def missing() -> str | None:
         import numba  # noqa: F401
     except ImportError:
         return "numba is not installed (pip install 'lumi[fused]')"
-    BLAS.adopt()  # importing numba loads SciPy's OpenBLAS, if installed, at its default thread count
     return None
 
 
@@ -157,7 +156,6 @@ def one_pool():
     global _shares
     import numba
 
-    BLAS.adopt()
     threads = BLAS.threads()
     _shares = _numba_threads(threads)
     numba.set_num_threads(_shares)

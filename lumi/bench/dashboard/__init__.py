@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import LumiError
-from ..config import CONFIG_DIR, TIERS, load_config
+from ..config import TIERS, load_config, shipped_configs
 
 HERE = Path(__file__).resolve().parent
 VENDOR = HERE / "vendor"
@@ -193,23 +193,38 @@ class ConfigInfo:
         return "ci tier, not measured yet here: tox -e bench"
 
 
-def shipped_config_info(config_dir: Path = CONFIG_DIR) -> dict[str, ConfigInfo]:
+def shipped_config_info() -> dict[str, ConfigInfo]:
     out = {}
-    for path in sorted(config_dir.glob("*.yaml")):
+    for path in shipped_configs():
         cfg = load_config(path)
         out[cfg.name] = ConfigInfo(cfg.name, cfg.tier, " ".join(cfg.purpose.split()), cfg.backend)
     return out
 
 
-def _graph_files(html_dir: Path, benchmark: str) -> dict[str, Path]:
-    """machine -> asv's published graph file of ``benchmark`` on the main branch (``graphs/k-v/.../NAME.json``)."""
-    out = {}
+def _graph_params(path: str | Path) -> dict[str, str]:
+    """asv's graph path ``graphs/arch-x86_64/branch-main/.../machine-NAME/...`` as its parameters."""
+    return dict(part.split("-", 1) for part in Path(path).parts if "-" in part)
+
+
+def _series(html_dir: Path, benchmark: str, configs: list[str]) -> dict[tuple[str, str], list]:
+    """(config, machine) -> ``[[revision, value], ...]`` from asv's published graphs of ``benchmark`` on main
+    (``configs``: the benchmark's parameter values, in asv's order); configs without a value left out."""
+    series: dict[tuple[str, str], list] = {}
     for path in (html_dir / "graphs").rglob(f"{benchmark}.json"):
-        parts = path.relative_to(html_dir / "graphs").parts[:-1]
-        params = dict(part.split("-", 1) for part in parts if "-" in part)
-        if "machine" in params and params.get("branch", "main") == "main":
-            out[params["machine"]] = path
-    return out
+        params = _graph_params(path.relative_to(html_dir / "graphs").parent)
+        if "machine" not in params or params.get("branch", "main") != "main":
+            continue
+        for revision, values in json.loads(path.read_text()):
+            for name, value in zip(configs, values if isinstance(values, list) else [values]):
+                if value is not None and math.isfinite(value):
+                    series.setdefault((name, params["machine"]), []).append([revision, value])
+    return series
+
+
+def _spans_decades(points) -> bool:
+    """Whether the positive values of ``[[revision, value], ...]`` lists span more than ``LOG_AXIS_SPAN``."""
+    values = [v for pts in points for _, v in pts if v > 0]
+    return bool(values) and max(values) / min(values) > LOG_AXIS_SPAN
 
 
 def overview_data(html_dir: Path, configs: dict[str, ConfigInfo]) -> dict:
@@ -221,33 +236,19 @@ def overview_data(html_dir: Path, configs: dict[str, ConfigInfo]) -> dict:
     index = json.loads((html_dir / "index.json").read_text())
     machines = {name: {k: info.get(k) for k in ("cpu", "num_cpu", "ram", "os", "arch")}
                 for name, info in index["machines"].items()}
+    every = {bench: _series(html_dir, bench, [v.strip("'") for v in meta["params"][0]] if meta["params"] else [])
+             for bench, meta in index["benchmarks"].items()}
     benchmarks = []
     for bench, (title, unit) in PLOTTED.items():
-        meta = index["benchmarks"].get(bench)
-        if meta is None:
+        if bench not in every:
             continue
-        names = [v.strip("'") for v in meta["params"][0]]
-        series: dict[tuple[str, str], list] = {}
-        for machine, path in _graph_files(html_dir, bench).items():
-            for revision, values in json.loads(path.read_text()):
-                for name, value in zip(names, values if isinstance(values, list) else [values]):
-                    if value is not None and math.isfinite(value):
-                        series.setdefault((name, machine), []).append([revision, value])
         tiers = []
         for tier in TIERS:
-            rows = []
-            lo, hi = math.inf, 0.0
-            for name in sorted(c.name for c in configs.values() if c.tier == tier):
-                per_machine = {}
-                for machine in machines:
-                    points = series.get((name, machine), [])
-                    if points:
-                        lo = min(lo, *(v for _, v in points))
-                        hi = max(hi, *(v for _, v in points))
-                    per_machine[machine] = points
-                rows.append({"config": name, "purpose": configs[name].purpose, "machines": per_machine,
-                             "why_empty": configs[name].why_empty})
-            tiers.append({"tier": tier, "configs": rows, "log": hi > 0 and hi / lo > LOG_AXIS_SPAN})
+            rows = [{"config": name, "purpose": configs[name].purpose, "why_empty": configs[name].why_empty,
+                     "machines": {m: every[bench].get((name, m), []) for m in machines}}
+                    for name in sorted(c.name for c in configs.values() if c.tier == tier)]
+            log = _spans_decades(pts for row in rows for pts in row["machines"].values())
+            tiers.append({"tier": tier, "configs": rows, "log": log})
         benchmarks.append({"benchmark": bench, "title": title, "unit": unit, "tiers": tiers})
     regressions = json.loads((html_dir / "regressions.json").read_text()).get("regressions", [])
     return {
@@ -257,18 +258,9 @@ def overview_data(html_dir: Path, configs: dict[str, ConfigInfo]) -> dict:
                       for r, h in index["revision_to_hash"].items()},
         "benchmarks": benchmarks,
         "regressions": [_regression(r, index) for r in regressions],
-        "log_axis": sorted(bench for bench in index["benchmarks"] if _spans_decades(html_dir, bench)),
-        "with_points": sorted({name for b in benchmarks for t in b["tiers"] for c in t["configs"]
-                               if any(c["machines"].values()) for name in [c["config"]]}),
+        "log_axis": sorted(bench for bench, series in every.items() if _spans_decades(series.values())),
+        "with_points": sorted({config for series in (every[b] for b in PLOTTED if b in every) for config, _ in series}),
     }
-
-
-def _spans_decades(html_dir: Path, benchmark: str) -> bool:
-    values = []
-    for path in _graph_files(html_dir, benchmark).values():
-        for _, v in json.loads(path.read_text()):
-            values.extend(x for x in (v if isinstance(v, list) else [v]) if x is not None and math.isfinite(x) and x > 0)
-    return bool(values) and max(values) / min(values) > LOG_AXIS_SPAN
 
 
 def _regression(entry: list, index: dict) -> dict:
@@ -277,7 +269,7 @@ def _regression(entry: list, index: dict) -> dict:
     ``before`` of None: the jump is one commit)."""
     name, graph_path, _params, _idx, last, best, jumps = entry[:7]
     bench, _, arg = name.partition("(")
-    parts = dict(p.split("-", 1) for p in graph_path.split("/") if "-" in p)
+    parts = _graph_params(graph_path)
     hashes, n = index["revision_to_hash"], index.get("hash_length", 8)
 
     def short(revision):
@@ -291,7 +283,7 @@ def _regression(entry: list, index: dict) -> dict:
 # -- the build ---------------------------------------------------------------------------------
 
 def build(results: Path, html: Path, *, merge: list[Path] = (), keep_first: bool = False,
-          config_dir: Path = CONFIG_DIR, asv_conf: Path = Path("asv.conf.json"), log=print) -> Path:
+          asv_conf: Path = Path("asv.conf.json"), log=print) -> Path:
     """Merge, publish, make offline, add the overview; returns ``html/index.html``. See the module doc."""
     for line in merge_results(list(merge), results, keep=keep_first):
         log(f"merged {line}")
@@ -331,7 +323,7 @@ def build(results: Path, html: Path, *, merge: list[Path] = (), keep_first: bool
     shutil.copytree(VENDOR, html / "vendor", dirs_exist_ok=True)
     shutil.copytree(STATIC, html / "lumi", dirs_exist_ok=True)
     shutil.copyfile(HERE / "overview.html", html / "overview.html")
-    data = overview_data(html, shipped_config_info(config_dir))
+    data = overview_data(html, shipped_config_info())
     (html / "lumi" / "data.js").write_text("window.LUMI_DASHBOARD = " + json.dumps(data, indent=0) + ";\n")
     hook = ('    <link href="lumi/lumi.css" rel="stylesheet" type="text/css"/>\n'
             '    <script src="lumi/data.js"></script>\n    <script src="lumi/asv-pages.js"></script>\n  </head>')
